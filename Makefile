@@ -30,6 +30,7 @@ book: export docs
 	@echo "The book is built: open _docs/index.html"
 
 docs: export
+	$(BIN)/python tools/readme.py
 	@if command -v quarto >/dev/null 2>&1; then $(BIN)/nbdev-docs; \
 	else echo "Quarto not found: building the offline site"; $(BIN)/python tools/offline_site.py; fi
 

@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT/'test-output'/'site'
 sys.path.insert(0, str(ROOT/'tools'))
 import offline_site  # noqa: E402
+import readme  # noqa: E402
 
 CHROMIUM = shutil.which('chromium') or shutil.which('chromium-browser')
 
@@ -102,3 +103,10 @@ def test_pages_in_a_real_browser(site):
             if what == 'plots': assert info['images'] >= 3
         browser.close()
     assert not external, f'pages asked the network for {external[:5]}'
+
+
+def test_readme_overview_matches_front_page():
+    assert readme.main(['--check']) == 0, 'README.md is out of date with nbs/index.ipynb: run python tools/readme.py'
+    text = (ROOT/'README.md').read_text()
+    commands = re.findall(r'^make \w+', text, flags=re.M)
+    assert commands[:2] == ['make book', 'make test'], 'README must start with the two set-up commands'
