@@ -104,7 +104,7 @@ def image_augmentation(strength: float = 1.0, erase: bool = True) -> v2.Compose:
     if strength == 0: return v2.Compose([])
     s = float(strength)
     steps = [v2.RandomAffine(degrees=10 * s, translate=(0.1 * s, 0.1 * s), scale=(1 - 0.1 * s, 1 + 0.1 * s))]
-    if erase: steps.append(v2.RandomErasing(p=min(1.0, 0.3 * s), scale=(0.02, 0.1 * s), value=0))
+    if erase: steps.append(v2.RandomErasing(p=min(1.0, 0.3 * s), scale=(0.02, max(0.02, 0.1 * s)), value=0))
     return v2.Compose(steps)
 
 # %% ../nbs/02_data.ipynb #20fa7a20
