@@ -18,7 +18,8 @@ def test_help_lists_commands_and_tasks(capsys):
     out = capsys.readouterr().out
     assert 'train' in out and all(c in out for c in COMMANDS)
     assert main(['train', '--help']) == 0
-    assert all(t in capsys.readouterr().out for t in TRAIN_TASKS)
+    out = capsys.readouterr().out
+    assert all(t in out for t in TRAIN_TASKS)
 
 
 @pytest.mark.parametrize('task', sorted(TRAIN_TASKS))
