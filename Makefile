@@ -36,7 +36,7 @@ docs: export
 
 test: export
 	$(TEST_ENV) $(BIN)/python -m pytest -q
-	$(TEST_ENV) $(BIN)/nbdev-test --n_workers 2 --timing
+	$(TEST_ENV) $(BIN)/nbdev-test --n-workers 2 --timing
 
 lab: install
 	$(BIN)/jupyter lab nbs

@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     left = lambda: args.budget - (time.perf_counter() - start)
     if not args.skip_notebooks:
         for nb in gpu_notebooks():
-            results.append(step(f'notebook {nb.name}', [str(BIN/'nbdev-test'), '--path', str(nb), '--flags', 'gpu'], left()))
+            results.append(step(f'notebook {nb.name}', [str(BIN/'nbdev-test'), str(nb), '--flags', 'gpu'], left()))
     if not args.skip_tests:
         results.append(step('pytest -m gpu', [sys.executable, '-m', 'pytest', '-q', '-m', 'gpu', '-p', 'no:cacheprovider'], left()))
     if not args.skip_benchmarks:
