@@ -150,8 +150,8 @@ pre,code{font-family:"DejaVu Sans Mono",Menlo,Consolas,monospace;font-size:.85re
 .jp-OutputArea pre{padding:.3rem .8rem;margin:0;overflow:auto;border-left:3px solid #dee2e6}
 .jp-Cell{margin:0 0 1rem}.jp-OutputArea-output img{max-width:100%;height:auto}
 .jp-RenderedText[data-mime-type="application/vnd.jupyter.stderr"] pre{background:#fff5f5}
-table{border-collapse:collapse;margin:.5rem 0}th,td{border-bottom:1px solid #dee2e6;padding:.25rem .6rem;text-align:right}th{background:#f8f9fa}
-td:first-child,th:first-child{text-align:left}
+table{border-collapse:collapse;margin:.5rem 0}th,td{border-bottom:1px solid #dee2e6;padding:.25rem .6rem;text-align:left;vertical-align:top}th{background:#f8f9fa}
+table.dataframe td{text-align:right;font-variant-numeric:tabular-nums}
 details.fold>summary{cursor:pointer;color:#6c757d;font-size:.85rem}
 .math-display{overflow-x:auto;overflow-y:hidden;margin:.8rem 0;text-align:center}math[display=block]{font-size:1.1em}
 .math-error{color:#b00}.pager{display:flex;justify-content:space-between;margin-top:3rem;border-top:1px solid #e9ecef;padding-top:1rem}
