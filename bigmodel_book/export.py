@@ -139,10 +139,7 @@ def load_model_dir(path: str | Path, device=None, expect_sha256: dict | None = N
 # %% ../nbs/74_export.ipynb #e3680a56
 def update_results(chapter: str, rows: list[dict], **kw) -> Path:
     "`record_results`, keeping the rows of other tasks already in `results/<chapter>.json` (several notebooks share one file)."
-    f = results_dir()/f'{chapter}.json'
-    tasks = {r['task'] for r in rows}
-    old = json.loads(f.read_text())['rows'] if f.exists() else []
-    return record_results(chapter, [r for r in old if r['task'] not in tasks] + rows, **kw)
+    return record_results(chapter, rows, **kw)   # record_results keeps the other tasks' rows
 
 # %% ../nbs/74_export.ipynb #31b26057
 def export_main(argv: Sequence[str] | None = None) -> Path:

@@ -89,12 +89,7 @@ def plot_study(study: optuna.Study, figsize: tuple = (10, 3)):
 def record_task_results(chapter: str, task: str, rows: list[dict], **kwargs) -> Path:
     "Like `record_results`, but keep the rows of other tasks already in `results/<chapter>.json` and replace those of `task`."
     if any(r.get('task') != task for r in rows): raise ValueError(f"every row must have task={task!r}.")
-    path = results_dir()/f'{chapter}.json'
-    old = []
-    if path.exists():
-        try: old = [r for r in json.loads(path.read_text()).get('rows', []) if r.get('task') != task]
-        except (json.JSONDecodeError, UnicodeDecodeError): old = []
-    return record_results(chapter, old + list(rows), **kwargs)
+    return record_results(chapter, list(rows), **kwargs)   # record_results keeps the other tasks' rows
 
 # %% ../nbs/70_tuning.ipynb #de07992e
 def tune_arg_parser() -> argparse.ArgumentParser:
