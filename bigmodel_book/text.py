@@ -590,10 +590,10 @@ def generate_main(argv: Sequence[str] | None = None) -> str:
     print(text)
     return text
 
-# %% ../nbs/55_scaling.ipynb #57a87499
+# %% ../nbs/55_scaling.ipynb #676a1d12
 import numpy as np
 
-# %% ../nbs/55_scaling.ipynb #157739cf
+# %% ../nbs/55_scaling.ipynb #a4e105d7
 def fit_power_law(x, y) -> tuple[float, float]:
     "Least-squares fit of `y = a * x**slope` on log-log axes; returns `(slope, a)`. Needs at least two distinct positive `x`."
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
