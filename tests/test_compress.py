@@ -60,6 +60,17 @@ def test_distillation_learner_trains_student_not_teacher():
     with pytest.raises(ValueError): DistillationLearner(student, teacher, dls, alpha=2)
 
 
+def test_distillation_learner_alpha_zero_is_plain_training_without_teacher():
+    teacher = cnn()
+    calls = []
+    teacher.register_forward_hook(lambda *args: calls.append(1))
+    torch.manual_seed(1); s1 = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+    torch.manual_seed(1); s2 = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+    torch.manual_seed(2); DistillationLearner(s1, teacher, data(), T=3, alpha=0.0, quiet=True).fit(1, lr=1e-2)
+    torch.manual_seed(2); Learner(s2, data(), nn.CrossEntropyLoss(), quiet=True).fit(1, lr=1e-2)
+    assert not calls and torch.allclose(s1[1].weight, s2[1].weight, atol=1e-6)
+
+
 def test_count_size_latency():
     m = cnn()
     assert count_params(m) == sum(p.numel() for p in m.parameters())
