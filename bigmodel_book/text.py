@@ -161,9 +161,10 @@ class BPETokenizer:
         try: return b.decode('utf-8')
         except UnicodeDecodeError: return b.hex()
 
+    def to_dict(self) -> dict: return {'type': 'byte-bpe', 'merges': self.merges}
     def save(self, path: str | Path) -> Path:
         "Write the merges as JSON."
-        path = Path(path); path.write_text(json.dumps({'type': 'byte-bpe', 'merges': self.merges})); return path
+        path = Path(path); path.write_text(json.dumps(self.to_dict())); return path
     @classmethod
     def load(cls, path: str | Path) -> 'BPETokenizer':
         "Read merges written by `save`."
@@ -547,8 +548,7 @@ def _train_gpt(args) -> dict:
     learn = Learner(model, dls, lm_loss, cbs=[GradientClip(1.0)] + cli_callbacks(args), quiet=args.quiet)
     learn.fit(args.epochs, lr=args.lr)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    tok_cfg = tok.to_dict() if isinstance(tok, CharTokenizer) else {'type': 'byte-bpe', 'merges': tok.merges}
-    (Path(args.out)/'gpt_config.json').write_text(json.dumps({**model.config, 'tokenizer': tok_cfg}))
+    (Path(args.out)/'gpt_config.json').write_text(json.dumps({**model.config, 'tokenizer': tok.to_dict()}))
     return finish_cli_run(learn, args, {'task': 'gpt', 'tokenizer': args.tokenizer, 'valid_bpc': bits_per_character(learn.model, valid, tok)})
 
 def train_main(argv: Sequence[str] | None = None) -> dict:
