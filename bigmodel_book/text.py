@@ -17,7 +17,7 @@ from torch import nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['CharTokenizer', 'word_tokenize', 'WordVocab', 'pretokenize', 'BPETokenizer', 'causal_mask', 'attention', 'MultiHeadAttention', 'sinusoidal_positions', 'TransformerBlock', 'TransformerClassifier', 'two_task_loss', 'rec_accuracy', 'rating_accuracy', 'BagOfEmbeddings', 'TextCNN', 'BiLSTMClassifier', 'skipgram_pairs', 'SkipGram', 'sgns_loss', 'nearest_words', 'GPT', 'RandomWindows', 'bits_per_character', 'sample_next', 'generate', 'generate_text', 'train_main', 'load_gpt', 'generate_main', 'fit_power_law']
+__all__ = ['CharTokenizer', 'word_tokenize', 'WordVocab', 'pretokenize', 'BPETokenizer', 'causal_mask', 'attention', 'MultiHeadAttention', 'sinusoidal_positions', 'TransformerBlock', 'TransformerClassifier', 'two_task_loss', 'rec_accuracy', 'rating_accuracy', 'BagOfEmbeddings', 'TextCNN', 'BiLSTMClassifier', 'skipgram_pairs', 'SkipGram', 'sgns_loss', 'nearest_words', 'GPT', 'RandomWindows', 'bits_per_character', 'body_params', 'sample_next', 'generate', 'generate_text', 'train_main', 'load_gpt', 'generate_main', 'fit_power_law']
 
 # %% ../nbs/50_tokenization.ipynb #0dedf92d
 class CharTokenizer:
@@ -388,7 +388,7 @@ def nearest_words(emb: torch.Tensor, vocab: WordVocab, word: str, n: int = 6) ->
     top = sims.topk(n)
     return [(vocab.itos[i], round(float(s), 3)) for s, i in zip(top.values, top.indices)]
 
-# %% ../nbs/54_small_gpt.ipynb #cc9a0deb
+# %% ../nbs/54_small_gpt.ipynb #b7722048
 import argparse, json, math, warnings
 from pathlib import Path
 from typing import Sequence
@@ -403,7 +403,7 @@ from .learner import (Learner, GradientClip, MixedPrecision, accuracy, train_arg
                                    finish_cli_run, load_weights)
 from .sequence import lm_loss, lm_windows
 
-# %% ../nbs/54_small_gpt.ipynb #2616ed60
+# %% ../nbs/54_small_gpt.ipynb #f25edc00
 class GPT(nn.Module):
     "Decoder-only Transformer: token + learned position embeddings, causal pre-norm blocks, linear read-out; ids `[B, T]` -> logits `[B, T, V]`."
     def __init__(self, vocab_size: int, block_size: int = 128, d_model: int = 128, n_heads: int = 4, n_layers: int = 4,
@@ -436,7 +436,7 @@ class GPT(nn.Module):
         for i, b in enumerate(self.blocks): x = b(x, None, cache[i] if cache is not None else None)
         return self.head(self.ln(x))
 
-# %% ../nbs/54_small_gpt.ipynb #3ded31d6
+# %% ../nbs/54_small_gpt.ipynb #c02772a0
 class RandomWindows(Dataset):
     "`n` random windows of `block_size` ids from `ids` as (input, next-id target) pairs, drawn afresh at each access."
     def __init__(self, ids: torch.Tensor, block_size: int, n: int):
@@ -459,7 +459,12 @@ def bits_per_character(model: nn.Module, windows: ArrayDataset, tok, bs: int = 6
     model.train(was)
     return nats / math.log(2) / len(tok.decode(y.flatten().tolist()))
 
-# %% ../nbs/54_small_gpt.ipynb #52044a89
+# %% ../nbs/54_small_gpt.ipynb #2d18dceb
+def body_params(model: nn.Module) -> int:
+    "Non-embedding parameters: all but the token and position tables and the read-out (modules `tok`, `pos`, `emb`, `head`)."
+    return sum(p.numel() for n, p in model.named_parameters() if n.split('.')[0] not in ('tok', 'pos', 'emb', 'head'))
+
+# %% ../nbs/54_small_gpt.ipynb #cd4d7df9
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     "Ids `[B, 1]` drawn from logits `[B, V]` with equation (3) and optional top-k; temperature 0 is greedy."
     if temperature < 0: raise ValueError(f"temperature must be >= 0, got {temperature}.")
@@ -505,7 +510,7 @@ def generate_text(model: GPT, tok: CharTokenizer | BPETokenizer, prompt: str, n:
     out = generate(model, start, n, temperature, top_k, use_cache, seed)
     return prompt + tok.decode(out[len(start):])
 
-# %% ../nbs/54_small_gpt.ipynb #a23d4d37
+# %% ../nbs/54_small_gpt.ipynb #4ed781f3
 def _add_text_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument('--task', choices=['reviews', 'gpt'], default='gpt', help='review classification or a GPT on Shakespeare')
     p.add_argument('--model', choices=['bag', 'cnn', 'lstm', 'transformer'], default='transformer', help='reviews: the classifier')
@@ -590,10 +595,10 @@ def generate_main(argv: Sequence[str] | None = None) -> str:
     print(text)
     return text
 
-# %% ../nbs/55_scaling.ipynb #676a1d12
+# %% ../nbs/55_scaling.ipynb #bc57e6f0
 import numpy as np
 
-# %% ../nbs/55_scaling.ipynb #a4e105d7
+# %% ../nbs/55_scaling.ipynb #f531a9b5
 def fit_power_law(x, y) -> tuple[float, float]:
     "Least-squares fit of `y = a * x**slope` on log-log axes; returns `(slope, a)`. Needs at least two distinct positive `x`."
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
