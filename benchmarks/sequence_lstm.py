@@ -6,6 +6,7 @@ CPU by default; a CUDA section (cuDNN, and bf16 autocast) runs when CUDA is avai
 
     python benchmarks/sequence_lstm.py [--device cpu|cuda|auto] [--repeats 5] [--compile]
 """
+
 import argparse, json, statistics, time
 from pathlib import Path
 
@@ -16,13 +17,20 @@ from bigmodel_book.sequence import Recurrent, copy_from_torch
 
 
 def sync(dev):
-    if dev.type == 'cuda': torch.cuda.synchronize()
+    if dev.type == 'cuda':
+        torch.cuda.synchronize()
 
 
 def time_step(model, x, dev, amp):
-    ctx = torch.autocast(dev.type, dtype=torch.bfloat16) if amp else torch.autocast(dev.type, enabled=False)
-    sync(dev); t = time.perf_counter()
-    with ctx: out = model(x)[0]
+    ctx = (
+        torch.autocast(dev.type, dtype=torch.bfloat16)
+        if amp
+        else torch.autocast(dev.type, enabled=False)
+    )
+    sync(dev)
+    t = time.perf_counter()
+    with ctx:
+        out = model(x)[0]
     out.float().square().mean().backward()
     sync(dev)
     return time.perf_counter() - t
@@ -35,18 +43,28 @@ def bench(dev, B, T, I, H, layers, repeats, compile_, amp=False):
     ref = ref.to(dev)
     models = {'torch.nn.LSTM': ref, 'ours (Python time loop)': ours}
     if compile_:
-        try: models['ours + torch.compile'] = torch.compile(ours)
-        except Exception as e: print('torch.compile unavailable:', e)
+        try:
+            models['ours + torch.compile'] = torch.compile(ours)
+        except Exception as e:
+            print('torch.compile unavailable:', e)
     x = torch.randn(B, T, I, device=dev)
     times = {k: [] for k in models}
-    for k, m in list(models.items()):            # warm-up (and compile)
-        try: time_step(m, x, dev, amp)
-        except Exception as e: print(f'{k} failed: {type(e).__name__}: {e}'); del models[k], times[k]
-    for _ in range(repeats):                     # interleaved repeats
-        for k, m in models.items(): times[k].append(time_step(m, x, dev, amp))
-    res = {k: dict(median_s=statistics.median(v), tokens_per_s=B * T / statistics.median(v)) for k, v in times.items()}
+    for k, m in list(models.items()):  # warm-up (and compile)
+        try:
+            time_step(m, x, dev, amp)
+        except Exception as e:
+            print(f'{k} failed: {type(e).__name__}: {e}')
+            del models[k], times[k]
+    for _ in range(repeats):  # interleaved repeats
+        for k, m in models.items():
+            times[k].append(time_step(m, x, dev, amp))
+    res = {
+        k: dict(median_s=statistics.median(v), tokens_per_s=B * T / statistics.median(v))
+        for k, v in times.items()
+    }
     base = res['torch.nn.LSTM']['tokens_per_s']
-    for k in res: res[k]['ratio_vs_torch'] = res[k]['tokens_per_s'] / base
+    for k in res:
+        res[k]['ratio_vs_torch'] = res[k]['tokens_per_s'] / base
     return res
 
 
@@ -60,21 +78,43 @@ def main(argv=None):
     p.add_argument('--layers', type=int, default=1)
     p.add_argument('--compile', action='store_true')
     args = p.parse_args(argv)
-    devices = ['cpu'] if args.device == 'cpu' else ['cuda'] if args.device == 'cuda' else ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+    devices = (
+        ['cpu']
+        if args.device == 'cpu'
+        else ['cuda']
+        if args.device == 'cuda'
+        else ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+    )
     out = dict(config=vars(args), torch=torch.__version__, results={})
     for d in devices:
         dev = torch.device(d)
         cases = [('fp32', False)] + ([('bf16 autocast', True)] if d == 'cuda' else [])
         for name, amp in cases:
             key = f'{d} {name}'
-            out['results'][key] = r = bench(dev, args.batch, args.steps, args.hidden, args.hidden, args.layers, args.repeats, args.compile, amp)
-            print(f"== {key}: batch {args.batch} x {args.steps} steps, hidden {args.hidden}, {args.layers} layers (forward + backward)")
-            for k, v in r.items(): print(f"  {k:28s} {v['tokens_per_s']:>12,.0f} tokens/s   ratio vs torch {v['ratio_vs_torch']:.3f}")
-    path = Path(__file__).parent/'out'/'sequence_lstm.json'
+            out['results'][key] = r = bench(
+                dev,
+                args.batch,
+                args.steps,
+                args.hidden,
+                args.hidden,
+                args.layers,
+                args.repeats,
+                args.compile,
+                amp,
+            )
+            print(
+                f"== {key}: batch {args.batch} x {args.steps} steps, hidden {args.hidden}, {args.layers} layers (forward + backward)"
+            )
+            for k, v in r.items():
+                print(
+                    f"  {k:28s} {v['tokens_per_s']:>12,.0f} tokens/s   ratio vs torch {v['ratio_vs_torch']:.3f}"
+                )
+    path = Path(__file__).parent / 'out' / 'sequence_lstm.json'
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))
     print('wrote', path)
     return out
 
 
-if __name__ == '__main__': main()
+if __name__ == '__main__':
+    main()

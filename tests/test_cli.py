@@ -1,4 +1,5 @@
 "The command line: help at every level, a real training run through the console script, resume, clear errors."
+
 import json, subprocess, sys
 from pathlib import Path
 
@@ -6,7 +7,7 @@ import pytest
 
 from bigmodel_book.cli import COMMANDS, TRAIN_TASKS, main
 
-EXE = str(Path(sys.executable).parent/'bigmodel-book')
+EXE = str(Path(sys.executable).parent / 'bigmodel-book')
 
 
 def run(*args):
@@ -32,8 +33,8 @@ def test_every_task_explains_its_options(task):
 def test_train_digits_then_resume(tmp_path):
     r = run('train', 'digits', '--epochs', '2', '--out', str(tmp_path), '--quiet')
     assert r.returncode == 0, r.stderr
-    metrics = json.loads((tmp_path/'metrics.json').read_text())
-    assert metrics['test_accuracy'] > 0.5 and (tmp_path/'model.safetensors').exists()
+    metrics = json.loads((tmp_path / 'metrics.json').read_text())
+    assert metrics['test_accuracy'] > 0.5 and (tmp_path / 'model.safetensors').exists()
     r = run('train', 'digits', '--epochs', '3', '--out', str(tmp_path))
     assert r.returncode == 0 and 'resumed' in r.stdout and 'after epoch 2' in r.stdout
 
@@ -47,7 +48,8 @@ def test_bad_input_gives_one_line_errors(tmp_path):
     assert r.returncode == 2 and 'unknown command' in r.stderr
     r = run('train', 'digits', '--epochs', 'many')
     assert r.returncode == 2 and 'invalid int value' in r.stderr
-    (tmp_path/'checkpoint').mkdir(); (tmp_path/'checkpoint'/'manifest.json').write_text('garbage')
+    (tmp_path / 'checkpoint').mkdir()
+    (tmp_path / 'checkpoint' / 'manifest.json').write_text('garbage')
     r = run('train', 'digits', '--epochs', '1', '--out', str(tmp_path))
     assert r.returncode == 1 and 'not valid JSON' in r.stderr
 

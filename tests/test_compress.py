@@ -1,25 +1,52 @@
 "Tests for bigmodel_book.distill (distillation loss and learner, size and latency) and bigmodel_book.compress (pruning, int8 quantisation)."
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bigmodel_book.compress import (count_params, distillation_loss, DistillationLearner, latency_ms, magnitude_prune, make_permanent,
-                                    quantize_dynamic_int8, quantize_static_int8, size_bytes, sparsity)
+from bigmodel_book.compress import (
+    count_params,
+    distillation_loss,
+    DistillationLearner,
+    latency_ms,
+    magnitude_prune,
+    make_permanent,
+    quantize_dynamic_int8,
+    quantize_static_int8,
+    size_bytes,
+    sparsity,
+)
 from bigmodel_book.data import ArrayDataset, DataLoaders
 from bigmodel_book.learner import Learner, accuracy
 
 
 def cnn():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 4 * 4, 128), nn.ReLU(), nn.Linear(128, 3))
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 128),
+        nn.ReLU(),
+        nn.Linear(128, 3),
+    )
 
 
 def data(n=96):
     g = torch.Generator().manual_seed(0)
     x = torch.rand(n, 1, 8, 8, generator=g)
-    y = (x[:, 0, :4].mean((1, 2)) > x[:, 0, 4:].mean((1, 2))).long() + (x.mean((1, 2, 3)) > 0.52).long()
-    return DataLoaders.from_datasets(ArrayDataset(x, y), ArrayDataset(x[:32], y[:32]), ArrayDataset(x[:32], y[:32]), bs=16, device='cpu')
+    y = (x[:, 0, :4].mean((1, 2)) > x[:, 0, 4:].mean((1, 2))).long() + (
+        x.mean((1, 2, 3)) > 0.52
+    ).long()
+    return DataLoaders.from_datasets(
+        ArrayDataset(x, y),
+        ArrayDataset(x[:32], y[:32]),
+        ArrayDataset(x[:32], y[:32]),
+        bs=16,
+        device='cpu',
+    )
 
 
 def test_distillation_loss_limits_and_gradient():
@@ -35,14 +62,18 @@ def test_distillation_loss_limits_and_gradient():
 @pytest.mark.parametrize('kwargs, match', [(dict(T=0), 'temperature'), (dict(alpha=-0.1), 'alpha')])
 def test_distillation_loss_bad_arguments(kwargs, match):
     z = torch.randn(4, 3)
-    with pytest.raises(ValueError, match=match): distillation_loss(z, z, torch.zeros(4, dtype=torch.long), **kwargs)
+    with pytest.raises(ValueError, match=match):
+        distillation_loss(z, z, torch.zeros(4, dtype=torch.long), **kwargs)
 
 
 def test_distillation_loss_bad_shapes():
     z = torch.randn(4, 3)
-    with pytest.raises(ValueError, match='equal shapes'): distillation_loss(z, torch.randn(4, 2), torch.zeros(4, dtype=torch.long))
-    with pytest.raises(ValueError, match='equal shapes'): distillation_loss(z[0], z[0], torch.zeros(1, dtype=torch.long))
-    with pytest.raises(ValueError, match='target'): distillation_loss(z, z, torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match='equal shapes'):
+        distillation_loss(z, torch.randn(4, 2), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match='equal shapes'):
+        distillation_loss(z[0], z[0], torch.zeros(1, dtype=torch.long))
+    with pytest.raises(ValueError, match='target'):
+        distillation_loss(z, z, torch.zeros(3, dtype=torch.long))
 
 
 def test_distillation_learner_trains_student_not_teacher():
@@ -52,22 +83,29 @@ def test_distillation_learner_trains_student_not_teacher():
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     student = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
     s0 = student[1].weight.detach().clone()
-    learn = DistillationLearner(student, teacher, dls, T=3, alpha=0.7, metrics=[accuracy], quiet=True)
+    learn = DistillationLearner(
+        student, teacher, dls, T=3, alpha=0.7, metrics=[accuracy], quiet=True
+    )
     learn.fit(2, lr=1e-2)
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
     assert not torch.equal(student[1].weight, s0) and not teacher.training
     assert 'accuracy' in learn.recorder.history[-1]
-    with pytest.raises(ValueError): DistillationLearner(student, teacher, dls, alpha=2)
+    with pytest.raises(ValueError):
+        DistillationLearner(student, teacher, dls, alpha=2)
 
 
 def test_distillation_learner_alpha_zero_is_plain_training_without_teacher():
     teacher = cnn()
     calls = []
     teacher.register_forward_hook(lambda *args: calls.append(1))
-    torch.manual_seed(1); s1 = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
-    torch.manual_seed(1); s2 = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
-    torch.manual_seed(2); DistillationLearner(s1, teacher, data(), T=3, alpha=0.0, quiet=True).fit(1, lr=1e-2)
-    torch.manual_seed(2); Learner(s2, data(), nn.CrossEntropyLoss(), quiet=True).fit(1, lr=1e-2)
+    torch.manual_seed(1)
+    s1 = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+    torch.manual_seed(1)
+    s2 = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+    torch.manual_seed(2)
+    DistillationLearner(s1, teacher, data(), T=3, alpha=0.0, quiet=True).fit(1, lr=1e-2)
+    torch.manual_seed(2)
+    Learner(s2, data(), nn.CrossEntropyLoss(), quiet=True).fit(1, lr=1e-2)
     assert not calls and torch.allclose(s1[1].weight, s2[1].weight, atol=1e-6)
 
 
@@ -76,7 +114,8 @@ def test_count_size_latency():
     assert count_params(m) == sum(p.numel() for p in m.parameters())
     assert size_bytes(m) >= 4 * count_params(m)
     assert latency_ms(m, torch.zeros(2, 1, 8, 8), repeats=2, warmup=1) > 0
-    with pytest.raises(ValueError): latency_ms(m, torch.zeros(2, 1, 8, 8), repeats=0)
+    with pytest.raises(ValueError):
+        latency_ms(m, torch.zeros(2, 1, 8, 8), repeats=0)
 
 
 @pytest.mark.parametrize('amount', [0.0, 0.3, 0.8])
@@ -86,7 +125,8 @@ def test_magnitude_prune_global_sparsity_and_copy(amount):
     assert sparsity(m) == 0 and abs(sparsity(p) - amount) < 0.01
     kept = torch.cat([w.flatten().abs() for w in (p[0].weight, p[4].weight, p[6].weight)])
     orig = torch.cat([w.flatten().abs() for w in (m[0].weight, m[4].weight, m[6].weight)])
-    if amount: assert kept[kept > 0].min() >= orig[kept == 0].max()       # the smallest magnitudes went
+    if amount:
+        assert kept[kept > 0].min() >= orig[kept == 0].max()  # the smallest magnitudes went
     assert count_params(p, nonzero=True) < count_params(m) or amount == 0
 
 
@@ -100,9 +140,12 @@ def test_prune_masks_survive_training_then_fold():
 
 
 def test_prune_bad_arguments():
-    with pytest.raises(ValueError, match='amount'): magnitude_prune(cnn(), 1.0)
-    with pytest.raises(ValueError, match='scope'): magnitude_prune(cnn(), 0.5, scope='row')
-    with pytest.raises(ValueError, match='no Conv or Linear'): magnitude_prune(nn.ReLU(), 0.5)
+    with pytest.raises(ValueError, match='amount'):
+        magnitude_prune(cnn(), 1.0)
+    with pytest.raises(ValueError, match='scope'):
+        magnitude_prune(cnn(), 0.5, scope='row')
+    with pytest.raises(ValueError, match='no Conv or Linear'):
+        magnitude_prune(nn.ReLU(), 0.5)
 
 
 def test_quantize_dynamic_and_static_agree_with_float():
@@ -119,19 +162,31 @@ def test_quantize_dynamic_and_static_agree_with_float():
             assert out.dtype == torch.float32 and out.shape == ref.shape
             assert (out - ref).abs().max() < 0.1 * ref.abs().max() + 0.05
     assert size_bytes(stat) < size_bytes(m) / 1.8 and size_bytes(dyn) < size_bytes(m)
-    assert any(p.requires_grad for p in m.parameters())          # the float model is untouched
+    assert any(p.requires_grad for p in m.parameters())  # the float model is untouched
 
 
 def test_quantize_bad_input():
     dls = data()
-    with pytest.raises(ValueError, match='no nn.Linear'): quantize_dynamic_int8(nn.Sequential(nn.Conv2d(1, 2, 3)))
-    with pytest.raises(ValueError, match='at least one batch'): quantize_static_int8(cnn(), dls.train, n_batches=0)
-    with pytest.raises(ValueError, match='no batches'): quantize_static_int8(cnn(), [], n_batches=2)
-    with pytest.raises(ValueError, match='backend'): quantize_static_int8(cnn(), dls.train, backend='tpu')
-    with pytest.raises(TypeError, match='float'): quantize_static_int8(cnn(), [torch.zeros(2, 1, 8, 8, dtype=torch.long)])
+    with pytest.raises(ValueError, match='no nn.Linear'):
+        quantize_dynamic_int8(nn.Sequential(nn.Conv2d(1, 2, 3)))
+    with pytest.raises(ValueError, match='at least one batch'):
+        quantize_static_int8(cnn(), dls.train, n_batches=0)
+    with pytest.raises(ValueError, match='no batches'):
+        quantize_static_int8(cnn(), [], n_batches=2)
+    with pytest.raises(ValueError, match='backend'):
+        quantize_static_int8(cnn(), dls.train, backend='tpu')
+    with pytest.raises(TypeError, match='float'):
+        quantize_static_int8(cnn(), [torch.zeros(2, 1, 8, 8, dtype=torch.long)])
+
     class Branchy(nn.Module):
-        def __init__(self): super().__init__(); self.fc = nn.Linear(4, 2)
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
         def forward(self, x):
-            if x.sum() > 0: return self.fc(x)
+            if x.sum() > 0:
+                return self.fc(x)
             return -self.fc(x)
-    with pytest.raises(ValueError, match='traced'): quantize_static_int8(Branchy(), [torch.randn(2, 4)])
+
+    with pytest.raises(ValueError, match='traced'):
+        quantize_static_int8(Branchy(), [torch.randn(2, 4)])

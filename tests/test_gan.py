@@ -1,4 +1,5 @@
 "Tests of bigmodel_book.gan: Fréchet distance vs scipy, precision/recall, bad input, the GAN learner with callbacks, the CLI."
+
 import json
 import numpy as np
 import pytest
@@ -7,10 +8,34 @@ import torch
 
 from bigmodel_book.core import set_seed
 from bigmodel_book.data import ArrayDataset, DataLoaders
-from bigmodel_book.learner import Checkpoint, GradientAccumulation, GradientClip, MixedPrecision, load_checkpoint
-from bigmodel_book.gan import (VARIANTS, frechet_distance, gan_learner, interpolate, load_gan, make_gan, precision_recall,
-                               sample_main, save_gan, train_main)
-from bigmodel_book.gan_game import GAN, GANLearner, MLPDiscriminator, MLPGenerator, WassersteinGPLoss, gradient_penalty, sample_ring
+from bigmodel_book.learner import (
+    Checkpoint,
+    GradientAccumulation,
+    GradientClip,
+    MixedPrecision,
+    load_checkpoint,
+)
+from bigmodel_book.gan import (
+    VARIANTS,
+    frechet_distance,
+    gan_learner,
+    interpolate,
+    load_gan,
+    make_gan,
+    precision_recall,
+    sample_main,
+    save_gan,
+    train_main,
+)
+from bigmodel_book.gan_game import (
+    GAN,
+    GANLearner,
+    MLPDiscriminator,
+    MLPGenerator,
+    WassersteinGPLoss,
+    gradient_penalty,
+    sample_ring,
+)
 
 torch.set_num_threads(1)
 
@@ -27,12 +52,16 @@ def test_frechet_matches_scipy(seed):
     b = rng.normal(1.0, 2.0, size=(300, 6)) @ rng.normal(size=(6, 6))
     assert np.isclose(frechet_distance(a, b), scipy_frechet(a, b), rtol=1e-6, atol=1e-8)
     assert abs(frechet_distance(a, a)) < 1e-8
-    assert np.isclose(frechet_distance(torch.tensor(a), torch.tensor(b)), frechet_distance(b, a), rtol=1e-6)
+    assert np.isclose(
+        frechet_distance(torch.tensor(a), torch.tensor(b)), frechet_distance(b, a), rtol=1e-6
+    )
 
 
 def test_frechet_bad_input():
-    with pytest.raises(ValueError, match='dimension'): frechet_distance(np.zeros((5, 3)), np.zeros((5, 4)))
-    with pytest.raises(ValueError, match='2-D'): frechet_distance(np.zeros(5), np.zeros((5, 1)))
+    with pytest.raises(ValueError, match='dimension'):
+        frechet_distance(np.zeros((5, 3)), np.zeros((5, 4)))
+    with pytest.raises(ValueError, match='2-D'):
+        frechet_distance(np.zeros(5), np.zeros((5, 1)))
 
 
 def test_precision_recall():
@@ -42,24 +71,38 @@ def test_precision_recall():
     assert p == 1.0 and r == 1.0
     far = real + 100
     assert precision_recall(real, far) == (0.0, 0.0)
-    with pytest.raises(ValueError, match='more than k'): precision_recall(real[:3], real)
+    with pytest.raises(ValueError, match='more than k'):
+        precision_recall(real[:3], real)
 
 
 def test_bad_generator_input():
     cgan, dcgan = make_gan('cgan'), make_gan('dcgan')
-    with pytest.raises(ValueError, match='Unknown class 10'): cgan.sample(4, labels=10)
-    with pytest.raises(ValueError, match='Unknown class -1'): cgan.sample(2, labels=torch.tensor([1, -1]))
-    with pytest.raises(ValueError, match='at least 1'): cgan.sample(0, labels=3)
-    with pytest.raises(ValueError, match='at least 1'): dcgan.sample(0)
-    with pytest.raises(ValueError, match=r'shape \[n, 64\]'): dcgan(torch.randn(3, 10))
-    with pytest.raises(ValueError, match='zero latent'): dcgan(torch.randn(0, 64))
-    with pytest.raises(TypeError, match='float tensor'): dcgan(torch.zeros(2, 64, dtype=torch.long))
-    with pytest.raises(ValueError, match='conditional'): cgan.sample(3)
-    with pytest.raises(ValueError, match='unconditional'): dcgan.sample(3, labels=1)
-    with pytest.raises(TypeError, match='integers'): cgan.sample(2, labels=torch.tensor([1.0, 2.0]))
-    with pytest.raises(ValueError, match='Unknown GAN variant'): make_gan('vae')
-    with pytest.raises(ValueError, match=r'images \[n, 1, 28, 28\]'): dcgan.discriminate(torch.zeros(2, 1, 32, 32))
-    with pytest.raises(ValueError, match='steps'): interpolate(dcgan, torch.randn(64), torch.randn(64), steps=1)
+    with pytest.raises(ValueError, match='Unknown class 10'):
+        cgan.sample(4, labels=10)
+    with pytest.raises(ValueError, match='Unknown class -1'):
+        cgan.sample(2, labels=torch.tensor([1, -1]))
+    with pytest.raises(ValueError, match='at least 1'):
+        cgan.sample(0, labels=3)
+    with pytest.raises(ValueError, match='at least 1'):
+        dcgan.sample(0)
+    with pytest.raises(ValueError, match=r'shape \[n, 64\]'):
+        dcgan(torch.randn(3, 10))
+    with pytest.raises(ValueError, match='zero latent'):
+        dcgan(torch.randn(0, 64))
+    with pytest.raises(TypeError, match='float tensor'):
+        dcgan(torch.zeros(2, 64, dtype=torch.long))
+    with pytest.raises(ValueError, match='conditional'):
+        cgan.sample(3)
+    with pytest.raises(ValueError, match='unconditional'):
+        dcgan.sample(3, labels=1)
+    with pytest.raises(TypeError, match='integers'):
+        cgan.sample(2, labels=torch.tensor([1.0, 2.0]))
+    with pytest.raises(ValueError, match='Unknown GAN variant'):
+        make_gan('vae')
+    with pytest.raises(ValueError, match=r'images \[n, 1, 28, 28\]'):
+        dcgan.discriminate(torch.zeros(2, 1, 32, 32))
+    with pytest.raises(ValueError, match='steps'):
+        interpolate(dcgan, torch.randn(64), torch.randn(64), steps=1)
 
 
 def test_shapes_and_interpolation():
@@ -80,12 +123,22 @@ def test_gradient_penalty_linear():
 
 def toy_dls(n=256):
     x, m = sample_ring(n)
-    return DataLoaders.from_datasets(ArrayDataset(x, m), ArrayDataset(x[:64], m[:64]), bs=32, drop_last=True, device='cpu')
+    return DataLoaders.from_datasets(
+        ArrayDataset(x, m), ArrayDataset(x[:64], m[:64]), bs=32, drop_last=True, device='cpu'
+    )
 
 
 def toy_learner(cbs=(), loss_fn=None):
     set_seed(0)
-    return GANLearner(GAN(MLPGenerator(), MLPDiscriminator()), toy_dls(), loss_fn, lr=1e-3, cbs=cbs, quiet=True, device='cpu')
+    return GANLearner(
+        GAN(MLPGenerator(), MLPDiscriminator()),
+        toy_dls(),
+        loss_fn,
+        lr=1e-3,
+        cbs=cbs,
+        quiet=True,
+        device='cpu',
+    )
 
 
 def test_learner_trains_both_networks_and_records_losses():
@@ -97,7 +150,7 @@ def test_learner_trains_both_networks_and_records_losses():
     assert any(not torch.equal(a, b) for a, b in zip(d0, learn.model.discriminator.parameters()))
     row = learn.recorder.history[-1]
     assert {'d_loss', 'g_loss', 'valid_loss'} <= set(row) and np.isfinite(row['g_loss'])
-    assert learn.train_iter == 2 * 4   # 8 batches per epoch, accumulation over 2
+    assert learn.train_iter == 2 * 4  # 8 batches per epoch, accumulation over 2
 
 
 def test_wgan_and_bf16_autocast():
@@ -110,10 +163,10 @@ def test_wgan_and_bf16_autocast():
 def test_checkpoint_resume_matches_uninterrupted(tmp_path):
     full = toy_learner()
     full.fit(2, sched='constant')
-    part = toy_learner(cbs=[Checkpoint(tmp_path/'ck')])
+    part = toy_learner(cbs=[Checkpoint(tmp_path / 'ck')])
     part.fit(1, sched='constant')
     # a new learner resuming from the checkpoint after epoch 1 finishes epoch 2 and lands on the same weights
-    resumed = toy_learner(cbs=[Checkpoint(tmp_path/'ck')])
+    resumed = toy_learner(cbs=[Checkpoint(tmp_path / 'ck')])
     set_seed(0)
     resumed.fit(2, sched='constant')
     assert set(resumed.opt.state_dict()) == {'d', 'g'}
@@ -122,28 +175,56 @@ def test_checkpoint_resume_matches_uninterrupted(tmp_path):
 
 
 def test_cli_train_and_sample(tmp_path, capsys):
-    out = tmp_path/'run'
-    metrics = train_main(['--variant', 'cgan', '--epochs', '1', '--n-train', '128', '--bs', '32', '--out', str(out), '--quiet'])
+    out = tmp_path / 'run'
+    metrics = train_main(
+        [
+            '--variant',
+            'cgan',
+            '--epochs',
+            '1',
+            '--n-train',
+            '128',
+            '--bs',
+            '32',
+            '--out',
+            str(out),
+            '--quiet',
+        ]
+    )
     assert metrics['variant'] == 'cgan' and np.isfinite(metrics['g_loss'])
-    cfg = json.loads((out/'config.json').read_text())
-    assert cfg['variant'] == 'cgan' and (out/'model.safetensors').exists()
-    info = sample_main(['--checkpoint', str(out), '--n', '16', '--out', str(tmp_path/'grid.png'), '--digit', '3'])
-    assert (tmp_path/'grid.png').stat().st_size > 100 and info['n'] == 16
-    with pytest.raises(ValueError, match='Unknown class'): sample_main(['--checkpoint', str(out), '--digit', '11', '--out', str(tmp_path/'x.png')])
-    with pytest.raises(ValueError, match='at least 1'): sample_main(['--checkpoint', str(out), '--n', '0', '--out', str(tmp_path/'x.png')])
-    with pytest.raises(FileNotFoundError, match='config.json'): sample_main(['--checkpoint', str(tmp_path), '--out', str(tmp_path/'x.png')])
+    cfg = json.loads((out / 'config.json').read_text())
+    assert cfg['variant'] == 'cgan' and (out / 'model.safetensors').exists()
+    info = sample_main(
+        ['--checkpoint', str(out), '--n', '16', '--out', str(tmp_path / 'grid.png'), '--digit', '3']
+    )
+    assert (tmp_path / 'grid.png').stat().st_size > 100 and info['n'] == 16
+    with pytest.raises(ValueError, match='Unknown class'):
+        sample_main(['--checkpoint', str(out), '--digit', '11', '--out', str(tmp_path / 'x.png')])
+    with pytest.raises(ValueError, match='at least 1'):
+        sample_main(['--checkpoint', str(out), '--n', '0', '--out', str(tmp_path / 'x.png')])
+    with pytest.raises(FileNotFoundError, match='config.json'):
+        sample_main(['--checkpoint', str(tmp_path), '--out', str(tmp_path / 'x.png')])
 
 
 def test_save_load_roundtrip(tmp_path):
     g = make_gan('wgan-gp')
     save_gan(g, tmp_path, 'wgan-gp', 16)
-    g2, cfg = load_gan(tmp_path/'model.safetensors')
+    g2, cfg = load_gan(tmp_path / 'model.safetensors')
     assert cfg['variant'] == 'wgan-gp' and torch.equal(g.sample(3, seed=1), g2.sample(3, seed=1))
 
 
 @pytest.mark.gpu
 def test_gpu_amp_step():
-    learn = gan_learner('dcgan', make_gan('dcgan'), DataLoaders.from_datasets(ArrayDataset(torch.rand(128, 1, 28, 28) * 2 - 1, torch.zeros(128, dtype=torch.long)), bs=64, device='cuda'),
-                        cbs=[MixedPrecision('fp16')], device='cuda')
+    learn = gan_learner(
+        'dcgan',
+        make_gan('dcgan'),
+        DataLoaders.from_datasets(
+            ArrayDataset(torch.rand(128, 1, 28, 28) * 2 - 1, torch.zeros(128, dtype=torch.long)),
+            bs=64,
+            device='cuda',
+        ),
+        cbs=[MixedPrecision('fp16')],
+        device='cuda',
+    )
     learn.fit(1, sched='constant')
     assert np.isfinite(learn.recorder.history[-1]['g_loss'])

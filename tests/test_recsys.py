@@ -1,13 +1,32 @@
 "Recommendation chapter: metric functions against hand-worked values and sklearn, bad input, recommend(), the CLI."
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from sklearn.metrics import ndcg_score
 
-from bigmodel_book.recsys_data import (catalogue_coverage, encode_interactions, evaluate_sampled, hit_rate_at_k, leave_last_out,
-                                       map_at_k, ndcg_at_k, recall_at_k, top_k_items, user_items)
-from bigmodel_book.recsys import (BPRMF, GRU4Rec, NeuMF, Recommender, bpr_loss, sequence_windows, train_main)
+from bigmodel_book.recsys_data import (
+    catalogue_coverage,
+    encode_interactions,
+    evaluate_sampled,
+    hit_rate_at_k,
+    leave_last_out,
+    map_at_k,
+    ndcg_at_k,
+    recall_at_k,
+    top_k_items,
+    user_items,
+)
+from bigmodel_book.recsys import (
+    BPRMF,
+    GRU4Rec,
+    NeuMF,
+    Recommender,
+    bpr_loss,
+    sequence_windows,
+    train_main,
+)
 
 TOP = np.array([[3, 5, 7], [1, 9, 2], [0, 1, 2]])
 REL = [{3, 7}, {9}, {4}]
@@ -35,46 +54,71 @@ def test_ndcg_matches_sklearn(k):
     rel = (rng.random((60, 40)) < 0.1).astype(float)
     rel[rel.sum(1) == 0, 0] = 1
     top = np.argsort(-scores, axis=1)
-    assert ndcg_at_k(top, [np.flatnonzero(r) for r in rel], k=k) == pytest.approx(ndcg_score(rel, scores, k=k))
+    assert ndcg_at_k(top, [np.flatnonzero(r) for r in rel], k=k) == pytest.approx(
+        ndcg_score(rel, scores, k=k)
+    )
 
 
-@pytest.mark.parametrize('k, err', [(0, ValueError), (-1, ValueError), (4, ValueError), (2.0, TypeError), (True, TypeError)])
+@pytest.mark.parametrize(
+    'k, err',
+    [(0, ValueError), (-1, ValueError), (4, ValueError), (2.0, TypeError), (True, TypeError)],
+)
 def test_metrics_bad_k(k, err):
     for f in (hit_rate_at_k, ndcg_at_k, recall_at_k, map_at_k):
-        with pytest.raises(err): f(TOP, REL, k)
+        with pytest.raises(err):
+            f(TOP, REL, k)
 
 
 def test_metrics_bad_shapes_and_empty_relevant():
-    with pytest.raises(ValueError, match='no relevant'): ndcg_at_k(TOP, [{3}, set(), {4}], 2)
-    with pytest.raises(ValueError, match='users'): hit_rate_at_k(TOP, REL[:2], 2)
-    with pytest.raises(ValueError, match='2-D'): recall_at_k(np.arange(3), REL, 2)
+    with pytest.raises(ValueError, match='no relevant'):
+        ndcg_at_k(TOP, [{3}, set(), {4}], 2)
+    with pytest.raises(ValueError, match='users'):
+        hit_rate_at_k(TOP, REL[:2], 2)
+    with pytest.raises(ValueError, match='2-D'):
+        recall_at_k(np.arange(3), REL, 2)
 
 
 def test_top_k_excludes_seen_and_checks_k():
     s = torch.arange(6.0)[None].repeat(2, 1)
-    assert top_k_items(s, 3, [np.array([5, 4]), np.array([], dtype=np.int64)]).tolist() == [[3, 2, 1], [5, 4, 3]]
-    with pytest.raises(ValueError, match='unseen'): top_k_items(s, 5, [np.array([5, 4]), np.array([0])])
-    with pytest.raises(ValueError): top_k_items(s, 0)
-    with pytest.raises(ValueError, match='catalogue'): top_k_items(s, 7)
+    assert top_k_items(s, 3, [np.array([5, 4]), np.array([], dtype=np.int64)]).tolist() == [
+        [3, 2, 1],
+        [5, 4, 3],
+    ]
+    with pytest.raises(ValueError, match='unseen'):
+        top_k_items(s, 5, [np.array([5, 4]), np.array([0])])
+    with pytest.raises(ValueError):
+        top_k_items(s, 0)
+    with pytest.raises(ValueError, match='catalogue'):
+        top_k_items(s, 7)
 
 
 def test_sampled_ties_count_against_target():
     const = lambda u: torch.zeros(len(u), 10)
-    res = evaluate_sampled(const, np.arange(3), np.array([0, 1, 2]), np.tile(np.arange(3, 10), (3, 1)), k=5)
+    res = evaluate_sampled(
+        const, np.arange(3), np.array([0, 1, 2]), np.tile(np.arange(3, 10), (3, 1)), k=5
+    )
     assert res['hr@5'] == 0.0
 
 
 @pytest.fixture(scope='module')
 def small():
     rng = np.random.default_rng(0)
-    df = pd.DataFrame({'user_id': np.repeat([10, 20, 30, 40], 6), 'movie_id': rng.integers(100, 112, 24),
-                       'rating': rng.integers(1, 6, 24), 'timestamp': np.arange(24)}).drop_duplicates(['user_id', 'movie_id'])
+    df = pd.DataFrame(
+        {
+            'user_id': np.repeat([10, 20, 30, 40], 6),
+            'movie_id': rng.integers(100, 112, 24),
+            'rating': rng.integers(1, 6, 24),
+            'timestamp': np.arange(24),
+        }
+    ).drop_duplicates(['user_id', 'movie_id'])
     return encode_interactions(df)
 
 
 def test_ids_and_split(small):
-    with pytest.raises(ValueError, match='Unknown user id'): small.user_index(99)
-    with pytest.raises(ValueError, match='Unknown item id'): small.item_index([100, 5000])
+    with pytest.raises(ValueError, match='Unknown user id'):
+        small.user_index(99)
+    with pytest.raises(ValueError, match='Unknown item id'):
+        small.item_index([100, 5000])
     tr, va, te = leave_last_out(small)
     assert len(va) == len(te) == small.n_users
     assert (te.groupby('user').timestamp.max() >= tr.groupby('user').timestamp.max()).all()
@@ -88,12 +132,19 @@ def test_recommend_never_seen_and_cold_start(small):
     for uid in small.user_ids:
         left = small.n_items - len(seen[small.user_index(uid)])
         out = rec.recommend(uid, k=left)
-        assert len(out) == left and not set(out.movie_id) & set(small.item_ids[seen[small.user_index(uid)]])
-        with pytest.raises(ValueError, match='has not seen'): rec.recommend(uid, k=left + 1)
-    with pytest.raises(ValueError): rec.recommend(10, k=0)
+        assert len(out) == left and not set(out.movie_id) & set(
+            small.item_ids[seen[small.user_index(uid)]]
+        )
+        with pytest.raises(ValueError, match='has not seen'):
+            rec.recommend(uid, k=left + 1)
+    with pytest.raises(ValueError):
+        rec.recommend(10, k=0)
     assert (rec.recommend(12345, k=3).source == 'popular').all()
-    with pytest.raises(ValueError, match='Unknown user'): rec.recommend(12345, k=3, cold_start='raise')
-    empty = Recommender(scorer, small, [np.zeros(0, dtype=np.int64)] * small.n_users, np.ones(small.n_items))
+    with pytest.raises(ValueError, match='Unknown user'):
+        rec.recommend(12345, k=3, cold_start='raise')
+    empty = Recommender(
+        scorer, small, [np.zeros(0, dtype=np.int64)] * small.n_users, np.ones(small.n_items)
+    )
     assert (empty.recommend(10, 2).source == 'popular').all()
 
 
@@ -101,22 +152,31 @@ def test_models_bad_ids_and_shapes():
     for m in (BPRMF(4, 6, 8), NeuMF(4, 6, 4, 4, (8,))):
         assert m(torch.tensor([0, 3]), torch.randint(0, 6, (2, 5))).shape == (2, 5)
         assert m.score_all(torch.tensor([1, 2])).shape == (2, 6)
-        with pytest.raises(ValueError, match='item indices'): m(torch.tensor([0]), torch.tensor([6]))
-        with pytest.raises(TypeError): m(torch.tensor([0.0]), torch.tensor([1]))
+        with pytest.raises(ValueError, match='item indices'):
+            m(torch.tensor([0]), torch.tensor([6]))
+        with pytest.raises(TypeError):
+            m(torch.tensor([0.0]), torch.tensor([1]))
     g = GRU4Rec(6, 8)
     assert g(torch.tensor([[0, 1, 2], [3, 4, 6]])).shape == (2, 3, 6)
-    with pytest.raises(ValueError): g(torch.tensor([[7]]))
-    with pytest.raises(ValueError, match='two or more'): sequence_windows([np.array([1]), np.array([], dtype=np.int64)])
+    with pytest.raises(ValueError):
+        g(torch.tensor([[7]]))
+    with pytest.raises(ValueError, match='two or more'):
+        sequence_windows([np.array([1]), np.array([], dtype=np.int64)])
     assert bpr_loss(torch.zeros(3), torch.zeros(3, 2)).item() == pytest.approx(np.log(2))
 
 
 @pytest.mark.parametrize('model', ['mf', 'bpr'])
 def test_cli(tmp_path, model):
-    res = train_main(['--model', model, '--epochs', '1', '--out', str(tmp_path), '--quiet', '--device', 'cpu'])
+    res = train_main(
+        ['--model', model, '--epochs', '1', '--out', str(tmp_path), '--quiet', '--device', 'cpu']
+    )
     assert (tmp_path / 'model.safetensors').exists() and (tmp_path / 'metrics.json').exists()
-    if model == 'mf': assert res['test_rmse'] < 1.2
-    else: assert 0 <= res['test_full_hr@10'] <= res['test_sampled_hr@10'] <= 1
+    if model == 'mf':
+        assert res['test_rmse'] < 1.2
+    else:
+        assert 0 <= res['test_full_hr@10'] <= res['test_sampled_hr@10'] <= 1
 
 
 def test_cli_bad_model(tmp_path):
-    with pytest.raises(SystemExit): train_main(['--model', 'svd', '--out', str(tmp_path)])
+    with pytest.raises(SystemExit):
+        train_main(['--model', 'svd', '--out', str(tmp_path)])

@@ -1,4 +1,5 @@
 "Tests of bigmodel_book.sequence: from-scratch cells against torch.nn, masking, bad input, the char LM, forecasting, seq2seq and the CLI."
+
 import json
 
 import numpy as np
@@ -6,24 +7,56 @@ import pytest
 import torch
 from torch import nn
 
-from bigmodel_book.sequence import (CharRNN, CharVocab, DatePairs, Forecaster, GRUCell, LSTMCell, Recurrent, RNNCell, Seq2Seq,
-                                    Seq2SeqLearner, TGT_ITOS, beam_decode, check_sequence_batch, copy_from_torch, date_pairs,
-                                    decode_target, exact_match, forecast_errors, forecast_origins, greedy_decode, lm_loss,
-                                    lm_windows, make_windows, masked_mean, ngram_bpc, persistence_forecast,
-                                    seasonal_naive_forecast, seq2seq_collate, train_main)
+from bigmodel_book.sequence import (
+    CharRNN,
+    CharVocab,
+    DatePairs,
+    Forecaster,
+    GRUCell,
+    LSTMCell,
+    Recurrent,
+    RNNCell,
+    Seq2Seq,
+    Seq2SeqLearner,
+    TGT_ITOS,
+    beam_decode,
+    check_sequence_batch,
+    copy_from_torch,
+    date_pairs,
+    decode_target,
+    exact_match,
+    forecast_errors,
+    forecast_origins,
+    greedy_decode,
+    lm_loss,
+    lm_windows,
+    make_windows,
+    masked_mean,
+    ngram_bpc,
+    persistence_forecast,
+    seasonal_naive_forecast,
+    seq2seq_collate,
+    train_main,
+)
 
 TORCH = {'rnn': nn.RNN, 'gru': nn.GRU, 'lstm': nn.LSTM}
 
 
-def _states(s, mode): return s if mode == 'lstm' else (s,)
+def _states(s, mode):
+    return s if mode == 'lstm' else (s,)
 
 
 @pytest.mark.parametrize('mode', ['rnn', 'gru', 'lstm'])
-@pytest.mark.parametrize('layers,bidir,batch_first', [(1, False, False), (2, True, True), (3, False, True), (2, True, False)])
+@pytest.mark.parametrize(
+    'layers,bidir,batch_first',
+    [(1, False, False), (2, True, True), (3, False, True), (2, True, False)],
+)
 def test_layers_match_torch(mode, layers, bidir, batch_first):
     torch.manual_seed(0)
     ref = TORCH[mode](5, 7, num_layers=layers, bidirectional=bidir, batch_first=batch_first)
-    ours = copy_from_torch(Recurrent(mode, 5, 7, num_layers=layers, bidirectional=bidir, batch_first=batch_first), ref)
+    ours = copy_from_torch(
+        Recurrent(mode, 5, 7, num_layers=layers, bidirectional=bidir, batch_first=batch_first), ref
+    )
     x = torch.randn(3, 6, 5) if batch_first else torch.randn(6, 3, 5)
     D = 2 if bidir else 1
     h0 = torch.randn(layers * D, 3, 7)
@@ -31,7 +64,8 @@ def test_layers_match_torch(mode, layers, bidir, batch_first):
     for args in ((x,), (x, hx)):
         (o1, s1), (o2, s2) = ours(*args), ref(*args)
         assert torch.allclose(o1, o2, atol=1e-5)
-        for a, b in zip(_states(s1, mode), _states(s2, mode)): assert torch.allclose(a, b, atol=1e-5)
+        for a, b in zip(_states(s1, mode), _states(s2, mode)):
+            assert torch.allclose(a, b, atol=1e-5)
 
 
 def test_relu_rnn_and_gradients_match():
@@ -42,19 +76,24 @@ def test_relu_rnn_and_gradients_match():
     assert torch.allclose(ours(x)[0], ref(x)[0], atol=1e-5)
     ref2 = nn.LSTM(4, 6, 2, batch_first=True)
     ours2 = copy_from_torch(Recurrent('lstm', 4, 6, 2, batch_first=True), ref2)
-    ours2(x)[0].sum().backward(); ref2(x)[0].sum().backward()
+    ours2(x)[0].sum().backward()
+    ref2(x)[0].sum().backward()
     assert torch.allclose(ours2.cells[0].weight_hh.grad, ref2.weight_hh_l0.grad, atol=1e-5)
 
 
-@pytest.mark.parametrize('ours_cls,ref_cls', [(RNNCell, nn.RNNCell), (GRUCell, nn.GRUCell), (LSTMCell, nn.LSTMCell)])
+@pytest.mark.parametrize(
+    'ours_cls,ref_cls', [(RNNCell, nn.RNNCell), (GRUCell, nn.GRUCell), (LSTMCell, nn.LSTMCell)]
+)
 def test_cells_match_torch(ours_cls, ref_cls):
     torch.manual_seed(0)
     ours, ref = ours_cls(3, 4), ref_cls(3, 4)
     ours.load_state_dict(ref.state_dict())
     x, h, c = torch.randn(2, 3), torch.randn(2, 4), torch.randn(2, 4)
     if ours_cls is LSTMCell:
-        for a, b in zip(ours(x, (h, c)), ref(x, (h, c))): assert torch.allclose(a, b, atol=1e-6)
-    else: assert torch.allclose(ours(x, h), ref(x, h), atol=1e-6)
+        for a, b in zip(ours(x, (h, c)), ref(x, (h, c))):
+            assert torch.allclose(a, b, atol=1e-6)
+    else:
+        assert torch.allclose(ours(x, h), ref(x, h), atol=1e-6)
 
 
 @pytest.mark.parametrize('mode', ['gru', 'lstm'])
@@ -63,27 +102,41 @@ def test_masked_equals_packed(mode):
     lengths = torch.tensor([4, 1, 6, 3])
     x = torch.randn(4, 6, 3)
     ref = TORCH[mode](3, 5, num_layers=2, bidirectional=True, batch_first=True)
-    ours = copy_from_torch(Recurrent(mode, 3, 5, num_layers=2, bidirectional=True, batch_first=True), ref)
+    ours = copy_from_torch(
+        Recurrent(mode, 3, 5, num_layers=2, bidirectional=True, batch_first=True), ref
+    )
     packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
     out_p, s_p = ref(packed)
     out_p, _ = nn.utils.rnn.pad_packed_sequence(out_p, batch_first=True, total_length=6)
     out_m, s_m = ours(x, lengths=lengths)
     assert torch.allclose(out_m, out_p, atol=1e-5)
-    for a, b in zip(_states(s_m, mode), _states(s_p, mode)): assert torch.allclose(a, b, atol=1e-5)
+    for a, b in zip(_states(s_m, mode), _states(s_p, mode)):
+        assert torch.allclose(a, b, atol=1e-5)
     assert torch.allclose(masked_mean(x, lengths)[1], x[1, :1].mean(0))
 
 
-@pytest.mark.parametrize('x,lengths,msg', [
-    (torch.randn(5, 3), None, '3-D'), (torch.randn(1, 2, 5, 3), None, '3-D'), (torch.randn(2, 0, 3), None, 'empty'),
-    (torch.randn(0, 4, 3), None, 'empty'), (torch.randn(2, 4, 3), [4, 3, 1], 'one entry per sequence'),
-    (torch.randn(2, 4, 3), [4, 0], '1..4'), (torch.randn(2, 4, 3), [5, 1], '1..4'), (torch.randn(2, 4, 9), None, 'features')])
+@pytest.mark.parametrize(
+    'x,lengths,msg',
+    [
+        (torch.randn(5, 3), None, '3-D'),
+        (torch.randn(1, 2, 5, 3), None, '3-D'),
+        (torch.randn(2, 0, 3), None, 'empty'),
+        (torch.randn(0, 4, 3), None, 'empty'),
+        (torch.randn(2, 4, 3), [4, 3, 1], 'one entry per sequence'),
+        (torch.randn(2, 4, 3), [4, 0], '1..4'),
+        (torch.randn(2, 4, 3), [5, 1], '1..4'),
+        (torch.randn(2, 4, 9), None, 'features'),
+    ],
+)
 def test_bad_sequence_input(x, lengths, msg):
     layer = Recurrent('lstm', 3, 4, batch_first=True)
-    with pytest.raises(ValueError, match=msg): layer(x, lengths=lengths)
+    with pytest.raises(ValueError, match=msg):
+        layer(x, lengths=lengths)
 
 
 def test_check_sequence_batch_type():
-    with pytest.raises(TypeError): check_sequence_batch([[1.0]])
+    with pytest.raises(TypeError):
+        check_sequence_batch([[1.0]])
 
 
 def test_char_vocab_policy():
@@ -92,10 +145,14 @@ def test_char_vocab_policy():
     assert v.decode(v.encode('low')) == 'low'
     ids = v.encode('hex')
     assert ids.tolist()[-1] == 0 and v.decode(ids) == 'he\ufffd' and v.n_unknown == 1
-    with pytest.raises(ValueError, match="not in the vocabulary"): v.encode('hex', strict=True)
-    with pytest.raises(ValueError): v.decode([0, 99])
-    with pytest.raises(TypeError): v.encode(3)
-    with pytest.raises(ValueError): CharVocab.from_text('')
+    with pytest.raises(ValueError, match="not in the vocabulary"):
+        v.encode('hex', strict=True)
+    with pytest.raises(ValueError):
+        v.decode([0, 99])
+    with pytest.raises(TypeError):
+        v.encode(3)
+    with pytest.raises(ValueError):
+        CharVocab.from_text('')
 
 
 def test_char_rnn_shapes_generation_and_bad_input():
@@ -107,14 +164,21 @@ def test_char_rnn_shapes_generation_and_bad_input():
     m = CharRNN(len(v), 8, 16)
     assert m.generate(v, 'ab', 20, seed=3) == m.generate(v, 'ab', 20, seed=3)
     assert len(m.generate(v, 'ab', 20, temperature=0)) == 22
-    with pytest.raises(ValueError, match='not in the vocabulary'): m.generate(v, 'abz', 5)
+    with pytest.raises(ValueError, match='not in the vocabulary'):
+        m.generate(v, 'abz', 5)
     assert m.generate(v, 'abz', 5, strict=False, seed=0).startswith('abz')
-    with pytest.raises(ValueError): m.generate(v, '', 5)
-    with pytest.raises(ValueError): m.generate(v, 'ab', 5, temperature=-1)
-    with pytest.raises(ValueError, match='2-D'): m(torch.zeros(4, dtype=torch.long))
-    with pytest.raises(ValueError, match='empty'): m(torch.zeros(2, 0, dtype=torch.long))
-    with pytest.raises(TypeError): m(torch.zeros(2, 3))
-    with pytest.raises(ValueError, match='lie in'): m(torch.full((1, 2), len(v)))
+    with pytest.raises(ValueError):
+        m.generate(v, '', 5)
+    with pytest.raises(ValueError):
+        m.generate(v, 'ab', 5, temperature=-1)
+    with pytest.raises(ValueError, match='2-D'):
+        m(torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match='empty'):
+        m(torch.zeros(2, 0, dtype=torch.long))
+    with pytest.raises(TypeError):
+        m(torch.zeros(2, 3))
+    with pytest.raises(ValueError, match='lie in'):
+        m(torch.full((1, 2), len(v)))
 
 
 def test_lm_helpers():
@@ -122,25 +186,31 @@ def test_lm_helpers():
     ds = lm_windows(ids, 3)
     x, y = ds[0]
     assert len(ds) == 3 and (y[:-1] == x[1:]).all()
-    with pytest.raises(ValueError): lm_windows(ids[:2], 3)
+    with pytest.raises(ValueError):
+        lm_windows(ids[:2], 3)
     logits = torch.zeros(2, 3, 5)
     assert abs(float(lm_loss(logits, torch.zeros(2, 3, dtype=torch.long))) - np.log(5)) < 1e-5
     assert abs(ngram_bpc(ids, ids, 5, 1, 0.0) - np.log2(5)) < 0.05
-    assert ngram_bpc(ids, ids, 5, 2, 0.01) < 0.1   # a deterministic cycle is almost free for a bigram
+    assert (
+        ngram_bpc(ids, ids, 5, 2, 0.01) < 0.1
+    )  # a deterministic cycle is almost free for a bigram
 
 
 def test_forecast_helpers():
-    y = np.arange(30.)
+    y = np.arange(30.0)
     o = forecast_origins(slice(20, 30), 5, 3)
     x, t = make_windows(y, o, 5, 3)
     assert x.shape == (len(o), 5, 1) and t[0].tolist() == [20, 21, 22]
     assert forecast_errors(persistence_forecast(y, o, 3), t.numpy())['mae'] == 2.0
     assert seasonal_naive_forecast(y, np.array([10]), 4, 2).tolist() == [[8, 9, 8, 9]]
-    with pytest.raises(ValueError): forecast_origins(slice(0, 5), 5, 3)
+    with pytest.raises(ValueError):
+        forecast_origins(slice(0, 5), 5, 3)
     f = Forecaster(3, 8)
     assert f(x).shape == (len(o), 3)
-    with pytest.raises(ValueError): f(torch.randn(2, 5))
-    with pytest.raises(ValueError): forecast_errors(np.zeros(3), np.zeros(4))
+    with pytest.raises(ValueError):
+        f(torch.randn(2, 5))
+    with pytest.raises(ValueError):
+        forecast_errors(np.zeros(3), np.zeros(4))
 
 
 def test_date_pairs_and_seq2seq():
@@ -155,36 +225,63 @@ def test_date_pairs_and_seq2seq():
     g, alpha = greedy_decode(m, src, lengths, 11)
     assert g.shape == (8, 11) and alpha.shape == (8, 11, src.shape[1])
     assert torch.allclose(alpha.sum(-1), torch.ones(8, 11), atol=1e-5)
-    assert (alpha[1, :, lengths[1]:] == 0).all()          # no attention on padding
+    assert (alpha[1, :, lengths[1] :] == 0).all()  # no attention on padding
     assert beam_decode(m, src, lengths, 11, beam=3).shape == (8, 11)
     assert exact_match(tgt[:, 1:], tgt[:, 1:]) == 1.0
-    with pytest.raises(ValueError): greedy_decode(m, src, lengths[:3], 11)
-    with pytest.raises(ValueError): greedy_decode(m, src[:, :0], torch.ones(8, dtype=torch.long), 11)
+    with pytest.raises(ValueError):
+        greedy_decode(m, src, lengths[:3], 11)
+    with pytest.raises(ValueError):
+        greedy_decode(m, src[:, :0], torch.ones(8, dtype=torch.long), 11)
 
 
 def test_seq2seq_learner_overrides_step():
     from bigmodel_book.data import DataLoaders
+
     pairs = date_pairs(256, seed=1)
     v = CharVocab.from_text(''.join(s for s, _ in pairs))
-    dls = DataLoaders.from_datasets(DatePairs(pairs[:192], v), DatePairs(pairs[192:], v), bs=32, collate_fn=seq2seq_collate)
-    learn = Seq2SeqLearner(Seq2Seq(len(v) + 1, len(TGT_ITOS), 16, 32), dls, None, metrics=[exact_match], quiet=True)
+    dls = DataLoaders.from_datasets(
+        DatePairs(pairs[:192], v), DatePairs(pairs[192:], v), bs=32, collate_fn=seq2seq_collate
+    )
+    learn = Seq2SeqLearner(
+        Seq2Seq(len(v) + 1, len(TGT_ITOS), 16, 32), dls, None, metrics=[exact_match], quiet=True
+    )
     learn.fit(2, lr=3e-3)
     h = learn.recorder.history
     assert len(h) == 2 and h[-1]['train_loss'] < h[0]['train_loss'] + 1 and 'exact_match' in h[-1]
 
 
-@pytest.mark.parametrize('argv', [
-    ['--task', 'forecast', '--series', 'sunspots', '--epochs', '1', '--hidden', '8'],
-    ['--task', 'charlm', '--chars', '20000', '--eval-chars', '4000', '--epochs', '1', '--hidden', '16', '--seq-len', '64'],
-    ['--task', 'seq2seq', '--pairs', '400', '--epochs', '1', '--hidden', '16']])
+@pytest.mark.parametrize(
+    'argv',
+    [
+        ['--task', 'forecast', '--series', 'sunspots', '--epochs', '1', '--hidden', '8'],
+        [
+            '--task',
+            'charlm',
+            '--chars',
+            '20000',
+            '--eval-chars',
+            '4000',
+            '--epochs',
+            '1',
+            '--hidden',
+            '16',
+            '--seq-len',
+            '64',
+        ],
+        ['--task', 'seq2seq', '--pairs', '400', '--epochs', '1', '--hidden', '16'],
+    ],
+)
 def test_cli(tmp_path, argv):
     metrics = train_main(argv + ['--out', str(tmp_path), '--quiet', '--device', 'cpu'])
-    assert (tmp_path/'model.safetensors').exists() and json.loads((tmp_path/'metrics.json').read_text()) == metrics
+    assert (tmp_path / 'model.safetensors').exists() and json.loads(
+        (tmp_path / 'metrics.json').read_text()
+    ) == metrics
     assert all(np.isfinite(v) for k, v in metrics.items() if isinstance(v, float))
 
 
 def test_cli_requires_task(tmp_path):
-    with pytest.raises(SystemExit): train_main(['--out', str(tmp_path)])
+    with pytest.raises(SystemExit):
+        train_main(['--out', str(tmp_path)])
 
 
 @pytest.mark.gpu

@@ -1,4 +1,5 @@
 "Serving: the real uvicorn server on 127.0.0.1 in a subprocess, over HTTP; every bad request is a 4xx JSON error and the server keeps answering."
+
 import json, math
 
 import httpx, numpy as np, pytest, torch
@@ -16,15 +17,25 @@ J = {'content-type': 'application/json'}
 def model_dir(tmp_path_factory):
     torch.manual_seed(0)
     model = mlp(n_hidden=32).eval()
-    d = save_model_dir(model, tmp_path_factory.mktemp('serve')/'mlp', builder='bigmodel_book.learner:mlp', kwargs={'n_hidden': 32},
-                       input_shape=[64], labels=list('abcdefghij'), formats=())
+    d = save_model_dir(
+        model,
+        tmp_path_factory.mktemp('serve') / 'mlp',
+        builder='bigmodel_book.learner:mlp',
+        kwargs={'n_hidden': 32},
+        input_shape=[64],
+        labels=list('abcdefghij'),
+        formats=(),
+    )
     return model, d
 
 
 @pytest.fixture(scope='module')
 def server(model_dir):
-    with start_server(model_dir[1], timeout=300, args=['--max-batch', str(MAX_BATCH), '--max-body', str(MAX_BODY)]) as s:
-        with httpx.Client(base_url=s.url, timeout=30) as client: yield s, client
+    with start_server(
+        model_dir[1], timeout=300, args=['--max-batch', str(MAX_BATCH), '--max-body', str(MAX_BODY)]
+    ) as s:
+        with httpx.Client(base_url=s.url, timeout=30) as client:
+            yield s, client
 
 
 def test_health_metadata_predict(server, model_dir):
@@ -32,39 +43,55 @@ def test_health_metadata_predict(server, model_dir):
     assert s.url.startswith('http://127.0.0.1:')
     assert client.get('/health').json() == {'status': 'ok'}
     meta = client.get('/metadata').json()
-    assert meta['input_shape'] == [64] and meta['max_batch'] == MAX_BATCH and meta['labels'][0] == 'a'
+    assert (
+        meta['input_shape'] == [64] and meta['max_batch'] == MAX_BATCH and meta['labels'][0] == 'a'
+    )
     r = client.post('/predict', json=GOOD)
     assert r.status_code == 200
     body = r.json()
-    with torch.no_grad(): want = model_dir[0](torch.tensor(GOOD['inputs'])).softmax(-1)
+    with torch.no_grad():
+        want = model_dir[0](torch.tensor(GOOD['inputs'])).softmax(-1)
     assert torch.allclose(torch.tensor(body['probabilities']), want, atol=1e-6)
-    assert body['predictions'] == want.argmax(-1).tolist() and body['labels'] == ['abcdefghij'[i] for i in body['predictions']]
-    assert client.post('/predict', json={'inputs': [[1] * 64]}).status_code == 200   # integers are numbers too
+    assert body['predictions'] == want.argmax(-1).tolist() and body['labels'] == [
+        'abcdefghij'[i] for i in body['predictions']
+    ]
+    assert (
+        client.post('/predict', json={'inputs': [[1] * 64]}).status_code == 200
+    )  # integers are numbers too
 
 
 BAD = {
-    'wrong shape':        (dict(json={'inputs': [[0.0] * 63]}), 422),
-    'wrong rank':         (dict(json={'inputs': [[[0.0] * 64]]}), 422),
-    'ragged':             (dict(json={'inputs': [[0.0] * 64, [0.0] * 10]}), 422),
-    'scalar inputs':      (dict(json={'inputs': 3}), 422),
-    'wrong dtype str':    (dict(json={'inputs': [['x'] * 64]}), 422),
-    'wrong dtype bool':   (dict(json={'inputs': [[True] * 64]}), 422),
-    'null':               (dict(json={'inputs': [[None] * 64]}), 422),
-    'NaN':                (dict(content=json.dumps({'inputs': [[math.nan] * 64]}), headers=J), 422),
-    'inf':                (dict(content=json.dumps({'inputs': [[math.inf] + [0.0] * 63]}), headers=J), 422),
-    '-Infinity literal':  (dict(content='{"inputs": [[-Infinity' + ', 0' * 63 + ']]}', headers=J), 422),
-    'float32 overflow':   (dict(json={'inputs': [[1e39] * 64]}), 422),
-    'empty batch':        (dict(json={'inputs': []}), 422),
-    'batch over limit':   (dict(json={'inputs': [[0.0] * 64] * (MAX_BATCH + 1)}), 413),
-    'body over limit':    (dict(content=b'{"inputs": [[' + b'0.0,' * 40_000 + b'0.0]]}', headers=J), 413),
-    'malformed JSON':     (dict(content=b'{"inputs": [[1, 2', headers=J), 400),
-    'not UTF-8':          (dict(content=b'\xff\xfe{}', headers=J), 400),
-    'wrong content type': (dict(content=json.dumps(GOOD), headers={'content-type': 'text/plain'}), 415),
-    'no content type':    (dict(content=json.dumps(GOOD)), 415),
-    'form data':          (dict(data={'inputs': '1'}), 415),
-    'missing field':      (dict(json={'images': GOOD['inputs']}), 422),
-    'extra field':        (dict(json={**GOOD, 'debug': True}), 422),
-    'JSON array body':    (dict(json=[1, 2]), 422),
+    'wrong shape': (dict(json={'inputs': [[0.0] * 63]}), 422),
+    'wrong rank': (dict(json={'inputs': [[[0.0] * 64]]}), 422),
+    'ragged': (dict(json={'inputs': [[0.0] * 64, [0.0] * 10]}), 422),
+    'scalar inputs': (dict(json={'inputs': 3}), 422),
+    'wrong dtype str': (dict(json={'inputs': [['x'] * 64]}), 422),
+    'wrong dtype bool': (dict(json={'inputs': [[True] * 64]}), 422),
+    'null': (dict(json={'inputs': [[None] * 64]}), 422),
+    'NaN': (dict(content=json.dumps({'inputs': [[math.nan] * 64]}), headers=J), 422),
+    'inf': (dict(content=json.dumps({'inputs': [[math.inf] + [0.0] * 63]}), headers=J), 422),
+    '-Infinity literal': (
+        dict(content='{"inputs": [[-Infinity' + ', 0' * 63 + ']]}', headers=J),
+        422,
+    ),
+    'float32 overflow': (dict(json={'inputs': [[1e39] * 64]}), 422),
+    'empty batch': (dict(json={'inputs': []}), 422),
+    'batch over limit': (dict(json={'inputs': [[0.0] * 64] * (MAX_BATCH + 1)}), 413),
+    'body over limit': (
+        dict(content=b'{"inputs": [[' + b'0.0,' * 40_000 + b'0.0]]}', headers=J),
+        413,
+    ),
+    'malformed JSON': (dict(content=b'{"inputs": [[1, 2', headers=J), 400),
+    'not UTF-8': (dict(content=b'\xff\xfe{}', headers=J), 400),
+    'wrong content type': (
+        dict(content=json.dumps(GOOD), headers={'content-type': 'text/plain'}),
+        415,
+    ),
+    'no content type': (dict(content=json.dumps(GOOD)), 415),
+    'form data': (dict(data={'inputs': '1'}), 415),
+    'missing field': (dict(json={'images': GOOD['inputs']}), 422),
+    'extra field': (dict(json={**GOOD, 'debug': True}), 422),
+    'JSON array body': (dict(json=[1, 2]), 422),
 }
 
 
@@ -82,10 +109,13 @@ def test_bad_request_is_4xx_json_and_server_survives(server, case):
 
 def test_body_limit_without_content_length(server):
     _, client = server
+
     def chunks():
         yield b'{"inputs": [['
-        for _ in range(100): yield b'0.0,' * 1000
+        for _ in range(100):
+            yield b'0.0,' * 1000
         yield b'0.0]]}'
+
     r = client.post('/predict', content=chunks(), headers=J)
     assert r.status_code == 413 and 'limit' in r.json()['detail']
     assert client.post('/predict', json=GOOD).status_code == 200
@@ -106,19 +136,27 @@ def test_small_load(server):
 
 def test_tampered_model_dir_refuses_to_start(model_dir, tmp_path):
     import shutil
-    d = tmp_path/'bad'; shutil.copytree(model_dir[1], d)
-    b = bytearray((d/'model.safetensors').read_bytes()); b[-1] ^= 1; (d/'model.safetensors').write_bytes(bytes(b))
-    with pytest.raises(RuntimeError, match='modified'): start_server(d, timeout=300)
+
+    d = tmp_path / 'bad'
+    shutil.copytree(model_dir[1], d)
+    b = bytearray((d / 'model.safetensors').read_bytes())
+    b[-1] ^= 1
+    (d / 'model.safetensors').write_bytes(bytes(b))
+    with pytest.raises(RuntimeError, match='modified'):
+        start_server(d, timeout=300)
 
 
 def test_serve_main_arguments(model_dir):
-    with pytest.raises(ValueError, match='port'): serve_main(['--model', str(model_dir[1]), '--port', '70000'])
-    with pytest.raises(SystemExit): serve_main([])
+    with pytest.raises(ValueError, match='port'):
+        serve_main(['--model', str(model_dir[1]), '--port', '70000'])
+    with pytest.raises(SystemExit):
+        serve_main([])
 
 
 def test_parse_batch_unit():
     assert parse_batch([[1, 2]], [2], 4).dtype == np.float32
-    with pytest.raises(RequestError) as e: parse_batch([[1, 2]] * 5, [2], 4)
+    with pytest.raises(RequestError) as e:
+        parse_batch([[1, 2]] * 5, [2], 4)
     assert e.value.status == 413
 
 
@@ -128,6 +166,7 @@ def test_serving_on_cuda(model_dir):
         with httpx.Client(base_url=s.url, timeout=30) as client:
             assert client.get('/metadata').json()['device'].startswith('cuda')
             body = client.post('/predict', json=GOOD).json()
-            with torch.no_grad(): want = model_dir[0](torch.tensor(GOOD['inputs'])).softmax(-1)
+            with torch.no_grad():
+                want = model_dir[0](torch.tensor(GOOD['inputs'])).softmax(-1)
             assert torch.allclose(torch.tensor(body['probabilities']), want, atol=1e-5)
             assert client.post('/predict', json={'inputs': []}).status_code == 422

@@ -1,4 +1,5 @@
 "Tests for bigmodel_book.tune (Optuna studies, pruning callback, resumable CLI) and bigmodel_book.finetune (freezing, heads, splitters)."
+
 import json
 
 import optuna
@@ -7,52 +8,92 @@ import torch
 from torch import nn
 
 from bigmodel_book.data import ArrayDataset, DataLoaders
-from bigmodel_book.finetune import GradualUnfreezing, discriminative_splitter, freeze_to, layer_groups, replace_head, unfreeze
+from bigmodel_book.finetune import (
+    GradualUnfreezing,
+    discriminative_splitter,
+    freeze_to,
+    layer_groups,
+    replace_head,
+    unfreeze,
+)
 from bigmodel_book.learner import Learner, accuracy, digits_dls, mlp
-from bigmodel_book.tune import OptunaPruning, create_study, plot_study, record_task_results, sqlite_storage, trials_frame, tune_main
+from bigmodel_book.tune import (
+    OptunaPruning,
+    create_study,
+    plot_study,
+    record_task_results,
+    sqlite_storage,
+    trials_frame,
+    tune_main,
+)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def small_cnn():
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 16), nn.ReLU(), nn.Linear(16, 10))
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 8 * 8, 16),
+        nn.ReLU(),
+        nn.Linear(16, 10),
+    )
 
 
 def tiny_dls(n=64):
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(n, 1, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g)
-    return DataLoaders.from_datasets(ArrayDataset(x, y), ArrayDataset(x[:16], y[:16]), bs=16, device='cpu')
+    return DataLoaders.from_datasets(
+        ArrayDataset(x, y), ArrayDataset(x[:16], y[:16]), bs=16, device='cpu'
+    )
 
 
 def test_sqlite_storage_and_bad_names(tmp_path):
     url = sqlite_storage(tmp_path / 'sub' / 'study.db')
     assert url.startswith('sqlite:///') and (tmp_path / 'sub').is_dir()
-    with pytest.raises(ValueError, match='.db'): sqlite_storage(tmp_path / 'study.json')
-    with pytest.raises(ValueError, match='direction'): create_study('x', direction='best')
+    with pytest.raises(ValueError, match='.db'):
+        sqlite_storage(tmp_path / 'study.json')
+    with pytest.raises(ValueError, match='direction'):
+        create_study('x', direction='best')
 
 
 def test_study_resumes_from_sqlite(tmp_path):
     storage = sqlite_storage(tmp_path / 'study.db')
     s1 = create_study('s', storage, seed=1)
-    s1.optimize(lambda t: -(t.suggest_float('x', -2, 2) - 1) ** 2, n_trials=4)
+    s1.optimize(lambda t: -((t.suggest_float('x', -2, 2) - 1) ** 2), n_trials=4)
     del s1
     s2 = create_study('s', storage, seed=1)
     assert len(s2.trials) == 4
-    s2.optimize(lambda t: -(t.suggest_float('x', -2, 2) - 1) ** 2, n_trials=3)
+    s2.optimize(lambda t: -((t.suggest_float('x', -2, 2) - 1) ** 2), n_trials=3)
     assert len(create_study('s', storage).trials) == 7
 
 
 def test_pruning_callback_prunes_bad_trials_with_learner():
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(256, 8, generator=g); y = (x[:, 0] > 0).long()
-    dls = DataLoaders.from_datasets(ArrayDataset(x, y), ArrayDataset(x[:64], y[:64]), bs=32, device='cpu')
+    x = torch.randn(256, 8, generator=g)
+    y = (x[:, 0] > 0).long()
+    dls = DataLoaders.from_datasets(
+        ArrayDataset(x, y), ArrayDataset(x[:64], y[:64]), bs=32, device='cpu'
+    )
     study = create_study('p', seed=0, n_startup_trials=2, n_warmup_steps=0)
+
     def objective(trial):
         lr = 3e-2 if trial.number < 2 else trial.suggest_categorical('lr', [3e-2, 1e-7])
         torch.manual_seed(0)
-        learn = Learner(mlp(8, 16, 2), dls, nn.CrossEntropyLoss(), metrics=[accuracy], lr=lr, cbs=[OptunaPruning(trial)], quiet=True)
+        learn = Learner(
+            mlp(8, 16, 2),
+            dls,
+            nn.CrossEntropyLoss(),
+            metrics=[accuracy],
+            lr=lr,
+            cbs=[OptunaPruning(trial)],
+            quiet=True,
+        )
         learn.fit(3)
         return learn.recorder.history[-1]['accuracy']
+
     study.optimize(objective, n_trials=6)
     frame = trials_frame(study)
     assert set(frame.state) <= {'COMPLETE', 'PRUNED'}
@@ -63,14 +104,25 @@ def test_pruning_callback_prunes_bad_trials_with_learner():
 
 def test_pruning_callback_unknown_metric():
     study = create_study('m')
-    learn = Learner(small_cnn(), tiny_dls(), nn.CrossEntropyLoss(), metrics=[accuracy], cbs=[OptunaPruning(study.ask(), 'f1')], quiet=True)
-    with pytest.raises(KeyError, match='f1'): learn.fit(1)
+    learn = Learner(
+        small_cnn(),
+        tiny_dls(),
+        nn.CrossEntropyLoss(),
+        metrics=[accuracy],
+        cbs=[OptunaPruning(study.ask(), 'f1')],
+        quiet=True,
+    )
+    with pytest.raises(KeyError, match='f1'):
+        learn.fit(1)
 
 
 def test_plot_study_needs_complete_trial():
-    import matplotlib; matplotlib.use('Agg')
+    import matplotlib
+
+    matplotlib.use('Agg')
     study = create_study('empty')
-    with pytest.raises(ValueError, match='no complete trial'): plot_study(study)
+    with pytest.raises(ValueError, match='no complete trial'):
+        plot_study(study)
     study.optimize(lambda t: t.suggest_float('a', 0, 1) + t.suggest_float('b', 0, 1), n_trials=4)
     assert plot_study(study) is not None
 
@@ -83,7 +135,8 @@ def test_record_task_results_keeps_other_tasks(tmp_path, monkeypatch):
     path = record_task_results('lc', 'a', [row('a', 0.3)], split='s', seed=0)
     rows = json.loads(path.read_text())['rows']
     assert sorted((r['task'], r['value']) for r in rows) == [('a', 0.3), ('b', 0.2)]
-    with pytest.raises(ValueError, match='task'): record_task_results('lc', 'a', [row('b', 1.0)], split='s', seed=0)
+    with pytest.raises(ValueError, match='task'):
+        record_task_results('lc', 'a', [row('b', 1.0)], split='s', seed=0)
 
 
 def test_tune_cli_resumes(tmp_path, capsys):
@@ -91,27 +144,39 @@ def test_tune_cli_resumes(tmp_path, capsys):
     b = tune_main(['--trials', '3', '--epochs', '1', '--out', str(tmp_path), '--device', 'cpu'])
     assert (a['resumed_from'], b['resumed_from'], b['trials']) == (0, 2, 3)
     assert json.loads((tmp_path / 'best.json').read_text())['trials'] == 3
-    with pytest.raises(SystemExit): tune_main(['--trials', '0', '--out', str(tmp_path)])
+    with pytest.raises(SystemExit):
+        tune_main(['--trials', '0', '--out', str(tmp_path)])
 
 
 def test_layer_groups_join_norms_and_freeze():
     net = small_cnn()
     groups = layer_groups(net)
-    assert [type(g[0]).__name__ for g in groups] == ['Conv2d', 'Linear', 'Linear'] and isinstance(groups[0][1], nn.BatchNorm2d)
+    assert [type(g[0]).__name__ for g in groups] == ['Conv2d', 'Linear', 'Linear'] and isinstance(
+        groups[0][1], nn.BatchNorm2d
+    )
     assert freeze_to(net, -1) == 16 * 10 + 10
-    assert not net[0].weight.requires_grad and not net[1].weight.requires_grad and net[6].weight.requires_grad
+    assert (
+        not net[0].weight.requires_grad
+        and not net[1].weight.requires_grad
+        and net[6].weight.requires_grad
+    )
     assert freeze_to(net, 0) == unfreeze(net) == sum(p.numel() for p in net.parameters())
-    with pytest.raises(ValueError, match='between'): freeze_to(net, 4)
-    with pytest.raises(TypeError): layer_groups('not a model')
-    with pytest.raises(ValueError, match='no parameters'): layer_groups(nn.ReLU())
+    with pytest.raises(ValueError, match='between'):
+        freeze_to(net, 4)
+    with pytest.raises(TypeError):
+        layer_groups('not a model')
+    with pytest.raises(ValueError, match='no parameters'):
+        layer_groups(nn.ReLU())
 
 
 def test_replace_head_nested_and_bad():
     net = nn.Sequential(nn.Flatten(), nn.Sequential(nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 10)))
     replace_head(net, 3)
     assert net(torch.zeros(2, 1, 8, 8)).shape == (2, 3) and net[1][2].in_features == 8
-    with pytest.raises(ValueError, match='no nn.Linear'): replace_head(nn.Sequential(nn.Conv2d(1, 1, 1)), 2)
-    with pytest.raises(ValueError, match='positive'): replace_head(net, 0)
+    with pytest.raises(ValueError, match='no nn.Linear'):
+        replace_head(nn.Sequential(nn.Conv2d(1, 1, 1)), 2)
+    with pytest.raises(ValueError, match='positive'):
+        replace_head(net, 0)
 
 
 def test_discriminative_splitter_groups_and_learner_lrs():
@@ -119,10 +184,18 @@ def test_discriminative_splitter_groups_and_learner_lrs():
     groups = discriminative_splitter(2.0)(net)
     assert [g['lr_mult'] for g in groups] == [0.25, 0.5, 1.0]
     assert sum(len(g['params']) for g in groups) == len(list(net.parameters()))
-    learn = Learner(net, tiny_dls(), nn.CrossEntropyLoss(), splitter=discriminative_splitter(2.0), lr=1e-2, quiet=True)
+    learn = Learner(
+        net,
+        tiny_dls(),
+        nn.CrossEntropyLoss(),
+        splitter=discriminative_splitter(2.0),
+        lr=1e-2,
+        quiet=True,
+    )
     learn.fit(1, sched='constant')
     assert [g['lr'] for g in learn.opt.param_groups] == pytest.approx([2.5e-3, 5e-3, 1e-2])
-    with pytest.raises(ValueError, match='decay'): discriminative_splitter(0.5)
+    with pytest.raises(ValueError, match='decay'):
+        discriminative_splitter(0.5)
 
 
 def test_gradual_unfreezing_trains_top_first():
@@ -130,13 +203,17 @@ def test_gradual_unfreezing_trains_top_first():
     net = small_cnn()
     first, last = net[0].weight.detach().clone(), net[6].weight.detach().clone()
     seen = []
+
     class Spy(GradualUnfreezing):
         def before_epoch(self):
-            super().before_epoch(); seen.append(self.trainable)
+            super().before_epoch()
+            seen.append(self.trainable)
+
     learn = Learner(net, tiny_dls(), nn.CrossEntropyLoss(), cbs=[Spy(every=1)], quiet=True)
     learn.fit(1)
     assert torch.equal(net[0].weight, first) and not torch.equal(net[6].weight, last)
     learn.fit(3)
     assert seen[-1] == sum(p.numel() for p in net.parameters()) and seen[1] < seen[2] < seen[3]
     assert not torch.equal(net[0].weight, first) and all(p.requires_grad for p in net.parameters())
-    with pytest.raises(ValueError): GradualUnfreezing(every=0)
+    with pytest.raises(ValueError):
+        GradualUnfreezing(every=0)

@@ -1,4 +1,5 @@
 "Tests for bigmodel_book.vision: unfold convolution, models' input checks, data loaders, the offline torchvision path and the CLI."
+
 import gzip, json, struct
 
 import numpy as np
@@ -15,11 +16,28 @@ from bigmodel_book.vision_conv import conv2d_unfold, conv_output_size, receptive
 def test_conv2d_unfold_matches_torch(seed):
     g = torch.Generator().manual_seed(seed)
     r = lambda lo, hi: int(torch.randint(lo, hi, (1,), generator=g))
-    B, C, O, kh, kw, s, p, d = r(1, 4), r(1, 4), r(1, 5), r(1, 5), r(1, 5), r(1, 4), r(0, 3), r(1, 3)
+    B, C, O, kh, kw, s, p, d = (
+        r(1, 4),
+        r(1, 4),
+        r(1, 5),
+        r(1, 5),
+        r(1, 5),
+        r(1, 4),
+        r(0, 3),
+        r(1, 3),
+    )
     H, W = r(d * (kh - 1) + 1, 20), r(d * (kw - 1) + 1, 20)
-    x, w, b = torch.randn(B, C, H, W, generator=g), torch.randn(O, C, kh, kw, generator=g), torch.randn(O, generator=g)
+    x, w, b = (
+        torch.randn(B, C, H, W, generator=g),
+        torch.randn(O, C, kh, kw, generator=g),
+        torch.randn(O, generator=g),
+    )
     ref = F.conv2d(x, w, b, (s, s + 1), (p, 0), d) if seed % 2 else F.conv2d(x, w, b, s, p, d)
-    ours = conv2d_unfold(x, w, b, (s, s + 1), (p, 0), d) if seed % 2 else conv2d_unfold(x, w, b, s, p, d)
+    ours = (
+        conv2d_unfold(x, w, b, (s, s + 1), (p, 0), d)
+        if seed % 2
+        else conv2d_unfold(x, w, b, s, p, d)
+    )
     assert ours.shape == ref.shape
     torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
 
@@ -27,33 +45,51 @@ def test_conv2d_unfold_matches_torch(seed):
 def test_sizes_and_receptive_field():
     assert conv_output_size(28, 5, padding=2) == 28 and conv_output_size(7, 3, 2, 1) == 4
     assert receptive_field([(3, 1)] * 3) == 7 and receptive_field([(2, 2), (2, 2)]) == 4
-    with pytest.raises(ValueError, match='does not fit'): conv_output_size(3, 5)
-    with pytest.raises(ValueError, match='channels'): conv2d_unfold(torch.randn(1, 2, 5, 5), torch.randn(1, 3, 3, 3))
+    with pytest.raises(ValueError, match='does not fit'):
+        conv_output_size(3, 5)
+    with pytest.raises(ValueError, match='channels'):
+        conv2d_unfold(torch.randn(1, 2, 5, 5), torch.randn(1, 3, 3, 3))
 
 
 @pytest.mark.parametrize('make', [LeNet5, lambda: ResNet(width=8)])
 def test_models_shapes_and_bad_input(make):
     m = make()
     assert m(torch.rand(3, 1, 28, 28)).shape == (3, 10)
-    with pytest.raises(ValueError, match=r'\(B, 1, '): m(torch.rand(1, 28, 28))
-    with pytest.raises(ValueError, match='channel'): m(torch.rand(2, 3, 28, 28))
-    with pytest.raises(TypeError, match='floating-point'): m(torch.zeros(2, 1, 28, 28, dtype=torch.uint8))
-    with pytest.raises(TypeError, match='Tensor'): m(np.zeros((2, 1, 28, 28), np.float32))
+    with pytest.raises(ValueError, match=r'\(B, 1, '):
+        m(torch.rand(1, 28, 28))
+    with pytest.raises(ValueError, match='channel'):
+        m(torch.rand(2, 3, 28, 28))
+    with pytest.raises(TypeError, match='floating-point'):
+        m(torch.zeros(2, 1, 28, 28, dtype=torch.uint8))
+    with pytest.raises(TypeError, match='Tensor'):
+        m(np.zeros((2, 1, 28, 28), np.float32))
 
 
 def test_lenet_size_and_resnet_any_size():
-    with pytest.raises(ValueError, match='28x28'): LeNet5()(torch.rand(2, 1, 32, 32))
+    with pytest.raises(ValueError, match='28x28'):
+        LeNet5()(torch.rand(2, 1, 32, 32))
     assert LeNet5(in_channels=3, size=32)(torch.rand(2, 3, 32, 32)).shape == (2, 10)
     assert ResNet(width=4, in_channels=3)(torch.rand(2, 3, 32, 32)).shape == (2, 10)
-    with pytest.raises(ValueError, match='8x8'): ResNet(width=4)(torch.rand(2, 1, 4, 4))
+    with pytest.raises(ValueError, match='8x8'):
+        ResNet(width=4)(torch.rand(2, 1, 4, 4))
 
 
 def test_mnist_dls_split_and_augment():
     dls = mnist_dls(bs=64, seed=1, device='cpu', augment=1.0)
-    assert (len(dls.train.dataset), len(dls.valid.dataset), len(dls.test.dataset)) == (3500, 500, 1000)
+    assert (len(dls.train.dataset), len(dls.valid.dataset), len(dls.test.dataset)) == (
+        3500,
+        500,
+        1000,
+    )
     assert torch.bincount(dls.test.dataset.arrays[1]).tolist() == [100] * 10
     x, y = next(iter(dls.train))
-    assert x.shape == (64, 1, 28, 28) and x.dtype == torch.float32 and x.min() >= 0 and x.max() <= 1 and y.dtype == torch.long
+    assert (
+        x.shape == (64, 1, 28, 28)
+        and x.dtype == torch.float32
+        and x.min() >= 0
+        and x.max() <= 1
+        and y.dtype == torch.long
+    )
     assert dls.train.dataset.transform is not None and dls.test.dataset.transform is None
     other = mnist_dls(seed=1, device='cpu')
     assert torch.equal(other.test.dataset.arrays[1], dls.test.dataset.arrays[1])
@@ -61,11 +97,16 @@ def test_mnist_dls_split_and_augment():
 
 def test_predict_rejects_bad_images():
     from bigmodel_book.data import ArrayDataset, DataLoaders
-    dls = DataLoaders.from_datasets(ArrayDataset(torch.rand(8, 1, 28, 28), torch.arange(8)), bs=4, device='cpu')
+
+    dls = DataLoaders.from_datasets(
+        ArrayDataset(torch.rand(8, 1, 28, 28), torch.arange(8)), bs=4, device='cpu'
+    )
     learn = Learner(LeNet5(), dls, torch.nn.CrossEntropyLoss(), metrics=[accuracy], quiet=True)
     assert learn.predict(torch.rand(5, 1, 28, 28)).shape == (5, 10)
-    with pytest.raises(TypeError, match='floating-point'): learn.predict(np.zeros((4, 1, 28, 28), np.uint8))
-    with pytest.raises(ValueError, match='shape'): learn.predict(torch.rand(4, 28, 28))
+    with pytest.raises(TypeError, match='floating-point'):
+        learn.predict(np.zeros((4, 1, 28, 28), np.uint8))
+    with pytest.raises(ValueError, match='shape'):
+        learn.predict(torch.rand(4, 28, 28))
 
 
 def _write_idx(path, arr: np.ndarray):
@@ -89,33 +130,75 @@ def test_full_scale_path_offline(tmp_path):
     tr, va, te = image_datasets('mnist', root=root, download=False)
     assert len(tr) + len(va) == 24 and len(te) == 20
     x, y = te[3]
-    assert x.shape == (1, 28, 28) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1 and int(y) == 3
+    assert (
+        x.shape == (1, 28, 28)
+        and x.dtype == torch.float32
+        and 0 <= x.min()
+        and x.max() <= 1
+        and int(y) == 3
+    )
     dls = mnist_dls(bs=8, dataset='mnist', root=root, download=False, device='cpu')
     assert next(iter(dls.train))[0].shape == (8, 1, 28, 28)
-    with pytest.raises(FileNotFoundError): image_datasets('fashion_mnist', root=root, download=False)
-    with pytest.raises(ValueError, match='Unknown image data set'): image_datasets('imagenet', root=root, download=False)
+    with pytest.raises(FileNotFoundError):
+        image_datasets('fashion_mnist', root=root, download=False)
+    with pytest.raises(ValueError, match='Unknown image data set'):
+        image_datasets('imagenet', root=root, download=False)
 
 
 def test_cli_trains_and_saves(tmp_path, capsys):
-    m = train_main(['--model', 'lenet', '--epochs', '1', '--device', 'cpu', '--out', str(tmp_path / 'run'), '--quiet'])
+    m = train_main(
+        [
+            '--model',
+            'lenet',
+            '--epochs',
+            '1',
+            '--device',
+            'cpu',
+            '--out',
+            str(tmp_path / 'run'),
+            '--quiet',
+        ]
+    )
     assert m['task'] == 'cnn' and 0 <= m['test_accuracy'] <= 1
     assert (tmp_path / 'run' / 'model.safetensors').exists()
     assert json.loads((tmp_path / 'run' / 'metrics.json').read_text())['model'] == 'lenet'
     root = _tiny_mnist(tmp_path / 'tv')
-    m = train_main(['--model', 'resnet', '--width', '4', '--epochs', '1', '--bs', '8', '--device', 'cpu', '--dataset', 'mnist',
-                    '--data-root', str(root), '--out', str(tmp_path / 'run2'), '--quiet'])
+    m = train_main(
+        [
+            '--model',
+            'resnet',
+            '--width',
+            '4',
+            '--epochs',
+            '1',
+            '--bs',
+            '8',
+            '--device',
+            'cpu',
+            '--dataset',
+            'mnist',
+            '--data-root',
+            str(root),
+            '--out',
+            str(tmp_path / 'run2'),
+            '--quiet',
+        ]
+    )
     assert m['dataset'] == 'mnist' and len(capsys.readouterr().out) > 0
 
 
 def test_cli_help_lists_options(capsys):
-    with pytest.raises(SystemExit): train_main(['--help'])
+    with pytest.raises(SystemExit):
+        train_main(['--help'])
     out = capsys.readouterr().out
-    for opt in ('--model', '--epochs', '--device', '--augment', '--dataset', '--width', '--out'): assert opt in out
+    for opt in ('--model', '--epochs', '--device', '--augment', '--dataset', '--width', '--out'):
+        assert opt in out
 
 
 @pytest.mark.gpu
 def test_resnet_amp_channels_last_cuda():
     m = ResNet(width=8).cuda().to(memory_format=torch.channels_last)
     x = torch.rand(4, 1, 28, 28, device='cuda').to(memory_format=torch.channels_last)
-    with torch.autocast('cuda', dtype=torch.bfloat16): out = m(x)
+    with torch.autocast('cuda', dtype=torch.bfloat16):
+        out = m(x)
     assert out.shape == (4, 10) and torch.isfinite(out.float()).all()
