@@ -1,21 +1,27 @@
-"""Training throughput (images/s) of the book's ResNet with the Learner against a plain PyTorch loop, in one process.
+"""Training throughput (images/s) of the book's ResNet with the Learner against a plain PyTorch
+loop, in one process.
 
-Both train the same architecture on the same MNIST-subset batches; repeats are interleaved and the median is reported.
-On CUDA (automatic when available, or `--device cuda`) a second section uses bf16 autocast and channels_last for both.
-Usage: python benchmarks/vision_throughput.py [--device cpu|cuda|auto] [--images 1024] [--repeats 5] [--width 16]
+Both train the same architecture on the same MNIST-subset batches; repeats are interleaved and the
+median is reported. On CUDA (automatic when available, or `--device cuda`) a second section uses
+bf16 autocast and channels_last for both.
+Usage: python benchmarks/vision_throughput.py [--device cpu|cuda|auto] [--images 1024] [--repeats 5]
+       [--width 16]
 """
 
 from __future__ import annotations
-import argparse, json, statistics, time
+import argparse
+import json
+import statistics
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from bigmodel_book.core import Timer, get_device, set_seed
-from bigmodel_book.data import ArrayDataset, DataLoaders
-from bigmodel_book.learner import Learner, MixedPrecision
-from bigmodel_book.vision import ResNet, image_datasets
+from bigmodel_book.data.core import ArrayDataset, DataLoaders
+from bigmodel_book.train.callbacks import MixedPrecision
+from bigmodel_book.train.learner import Learner
+from bigmodel_book.vision.models import ResNet, image_datasets
 
 
 def loaders(n: int, bs: int, device) -> DataLoaders:
@@ -113,8 +119,10 @@ def main(argv=None) -> dict:
         raise SystemExit('CUDA was asked for but is not available here.')
     for r in results:
         print(
-            f"{r['device']:>6} amp={r['amp_bf16']!s:5} channels_last={r['channels_last']!s:5}: Learner {r['learner_images_per_s']:8.0f} img/s, "
-            f"plain loop {r['plain_images_per_s']:8.0f} img/s, ratio {r['ratio_learner_over_plain']:.3f}"
+            f"{r['device']:>6} amp={r['amp_bf16']!s:5} channels_last={r['channels_last']!s:5}: "
+            f"Learner {r['learner_images_per_s']:8.0f} img/s, "
+            f"plain loop {r['plain_images_per_s']:8.0f} img/s, "
+            f"ratio {r['ratio_learner_over_plain']:.3f}"
         )
     doc = dict(benchmark='vision_throughput', torch=torch.__version__, results=results)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,15 +1,24 @@
-"Tests for bigmodel_book.vision: unfold convolution, models' input checks, data loaders, the offline torchvision path and the CLI."
+"""Tests for bigmodel_book.vision: unfold convolution, models' input checks, data loaders,
+the offline torchvision path, the recipe and the CLI."""
 
-import gzip, json, struct
+import json
+import struct
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from bigmodel_book.learner import Learner, accuracy
-from bigmodel_book.vision import LeNet5, ResNet, check_images, image_datasets, mnist_dls, train_main
-from bigmodel_book.vision_conv import conv2d_unfold, conv_output_size, receptive_field
+from bigmodel_book.train.learner import Learner, accuracy
+from bigmodel_book.vision.conv import conv2d_unfold, conv_output_size, receptive_field
+from bigmodel_book.vision.models import (
+    LeNet5,
+    ResNet,
+    VisionConfig,
+    image_datasets,
+    mnist_dls,
+    train_vision,
+)
 
 
 @pytest.mark.parametrize('seed', range(20))
@@ -96,7 +105,7 @@ def test_mnist_dls_split_and_augment():
 
 
 def test_predict_rejects_bad_images():
-    from bigmodel_book.data import ArrayDataset, DataLoaders
+    from bigmodel_book.data.core import ArrayDataset, DataLoaders
 
     dls = DataLoaders.from_datasets(
         ArrayDataset(torch.rand(8, 1, 28, 28), torch.arange(8)), bs=4, device='cpu'
@@ -110,7 +119,7 @@ def test_predict_rejects_bad_images():
 
 
 def _write_idx(path, arr: np.ndarray):
-    "Write `arr` (uint8) in the MNIST idx format (magic 0x08 = ubyte, then the dimension sizes, big-endian)."
+    "Write `arr` (uint8) in the MNIST idx format (magic 0x08 = ubyte, the sizes, big-endian)."
     path.parent.mkdir(parents=True, exist_ok=True)
     header = struct.pack('>BBBB', 0, 0, 0x08, arr.ndim) + struct.pack(f'>{arr.ndim}I', *arr.shape)
     path.write_bytes(header + arr.astype(np.uint8).tobytes())
@@ -145,25 +154,17 @@ def test_full_scale_path_offline(tmp_path):
         image_datasets('imagenet', root=root, download=False)
 
 
-def test_cli_trains_and_saves(tmp_path, capsys):
-    m = train_main(
-        [
-            '--model',
-            'lenet',
-            '--epochs',
-            '1',
-            '--device',
-            'cpu',
-            '--out',
-            str(tmp_path / 'run'),
-            '--quiet',
-        ]
+def test_recipe_and_cli_train_and_save(tmp_path, capsys):
+    from bigmodel_book.cli.commands import train_vision_main
+
+    _, m = train_vision(
+        VisionConfig(model='lenet', epochs=1, device='cpu', out=tmp_path / 'run', quiet=True)
     )
-    assert m['task'] == 'cnn' and 0 <= m['test_accuracy'] <= 1
+    assert m['task'] == 'vision' and 0 <= m['test_accuracy'] <= 1
     assert (tmp_path / 'run' / 'model.safetensors').exists()
     assert json.loads((tmp_path / 'run' / 'metrics.json').read_text())['model'] == 'lenet'
     root = _tiny_mnist(tmp_path / 'tv')
-    m = train_main(
+    m = train_vision_main(
         [
             '--model',
             'resnet',
@@ -187,9 +188,23 @@ def test_cli_trains_and_saves(tmp_path, capsys):
     assert m['dataset'] == 'mnist' and len(capsys.readouterr().out) > 0
 
 
+def test_vision_config_defaults_are_the_cli_run():
+    cfg = VisionConfig()
+    assert (cfg.model, cfg.epochs, cfg.lr, cfg.bs, cfg.width, cfg.augment) == (
+        'resnet',
+        12,
+        5e-3,
+        128,
+        32,
+        0.0,
+    )
+
+
 def test_cli_help_lists_options(capsys):
+    from bigmodel_book.cli.commands import train_vision_main
+
     with pytest.raises(SystemExit):
-        train_main(['--help'])
+        train_vision_main(['--help'])
     out = capsys.readouterr().out
     for opt in ('--model', '--epochs', '--device', '--augment', '--dataset', '--width', '--out'):
         assert opt in out
