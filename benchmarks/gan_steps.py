@@ -1,8 +1,9 @@
-"""GAN training steps per second: the book's GANLearner (Learner with a GAN step) against a plain hand-written loop, same process.
+"""GAN training steps per second: the book's GANLearner (Learner with a GAN step) against a plain
+hand-written loop, same process.
 
-Both do the same work per batch (one discriminator and one generator update of the DCGAN on 28x28 images); the repeats are
-interleaved and the median is reported. On CUDA (``--device cuda`` or automatically when available) it also measures bf16
-autocast. Writes benchmarks/out/gan_steps.json.
+Both do the same work per batch (one discriminator and one generator update of the DCGAN on 28x28
+images); the repeats are interleaved and the median is reported. On CUDA (``--device cuda`` or
+automatically when available) it also measures bf16 autocast. Writes benchmarks/out/gan_steps.json.
 
     python benchmarks/gan_steps.py [--device cpu|cuda|auto] [--steps 20] [--repeats 3]
 """
@@ -15,9 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from bigmodel_book.core import get_device, set_seed
-from bigmodel_book.data import ArrayDataset, DataLoaders
-from bigmodel_book.learner import MixedPrecision
-from bigmodel_book.gan import gan_learner, make_gan
+from bigmodel_book.data.core import ArrayDataset, DataLoaders
+from bigmodel_book.train.callbacks import MixedPrecision
+from bigmodel_book.gan.dcgan import gan_learner, make_gan
 
 
 def sync(dev):
@@ -111,7 +112,8 @@ def measure(dev, steps, bs, width, repeats, amp):
     }
     res['learner_over_plain'] = res['learner_steps_per_s'] / res['plain_steps_per_s']
     print(
-        f"{dev} amp={amp}: GANLearner {res['learner_steps_per_s']:.1f} steps/s, plain loop {res['plain_steps_per_s']:.1f} steps/s, ratio {res['learner_over_plain']:.3f}"
+        f"{dev} amp={amp}: GANLearner {res['learner_steps_per_s']:.1f} steps/s, "
+        f"plain loop {res['plain_steps_per_s']:.1f} steps/s, ratio {res['learner_over_plain']:.3f}"
     )
     return res
 

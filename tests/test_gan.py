@@ -1,4 +1,5 @@
-"Tests of bigmodel_book.gan: Fréchet distance vs scipy, precision/recall, bad input, the GAN learner with callbacks, the CLI."
+"""Tests of bigmodel_book.gan: Fréchet distance vs scipy, precision/recall, bad input, the GAN
+learner with callbacks, the recipes and the CLI."""
 
 import json
 import numpy as np
@@ -7,27 +8,23 @@ import scipy.linalg
 import torch
 
 from bigmodel_book.core import set_seed
-from bigmodel_book.data import ArrayDataset, DataLoaders
-from bigmodel_book.learner import (
-    Checkpoint,
-    GradientAccumulation,
-    GradientClip,
-    MixedPrecision,
-    load_checkpoint,
-)
-from bigmodel_book.gan import (
+from bigmodel_book.data.core import ArrayDataset, DataLoaders
+from bigmodel_book.train.callbacks import GradientAccumulation, GradientClip, MixedPrecision
+from bigmodel_book.train.checkpoint import Checkpoint
+from bigmodel_book.gan.dcgan import (
     VARIANTS,
+    GANConfig,
     frechet_distance,
     gan_learner,
     interpolate,
     load_gan,
     make_gan,
     precision_recall,
-    sample_main,
+    sample_grid,
     save_gan,
-    train_main,
+    train_gan,
 )
-from bigmodel_book.gan_game import (
+from bigmodel_book.gan.game import (
     GAN,
     GANLearner,
     MLPDiscriminator,
@@ -165,7 +162,8 @@ def test_checkpoint_resume_matches_uninterrupted(tmp_path):
     full.fit(2, sched='constant')
     part = toy_learner(cbs=[Checkpoint(tmp_path / 'ck')])
     part.fit(1, sched='constant')
-    # a new learner resuming from the checkpoint after epoch 1 finishes epoch 2 and lands on the same weights
+    # a new learner resuming from the checkpoint after epoch 1 finishes epoch 2
+    # and lands on the same weights
     resumed = toy_learner(cbs=[Checkpoint(tmp_path / 'ck')])
     set_seed(0)
     resumed.fit(2, sched='constant')
@@ -175,8 +173,10 @@ def test_checkpoint_resume_matches_uninterrupted(tmp_path):
 
 
 def test_cli_train_and_sample(tmp_path, capsys):
+    from bigmodel_book.cli.commands import sample_main, train_gan_main
+
     out = tmp_path / 'run'
-    metrics = train_main(
+    metrics = train_gan_main(
         [
             '--variant',
             'cgan',
@@ -201,9 +201,33 @@ def test_cli_train_and_sample(tmp_path, capsys):
     with pytest.raises(ValueError, match='Unknown class'):
         sample_main(['--checkpoint', str(out), '--digit', '11', '--out', str(tmp_path / 'x.png')])
     with pytest.raises(ValueError, match='at least 1'):
-        sample_main(['--checkpoint', str(out), '--n', '0', '--out', str(tmp_path / 'x.png')])
+        sample_grid(out, n=0, out=tmp_path / 'x.png')
     with pytest.raises(FileNotFoundError, match='config.json'):
-        sample_main(['--checkpoint', str(tmp_path), '--out', str(tmp_path / 'x.png')])
+        sample_grid(tmp_path, out=tmp_path / 'x.png')
+
+
+def test_recipe_defaults_and_run_without_out(tmp_path):
+    cfg = GANConfig()
+    assert (cfg.variant, cfg.epochs, cfg.lr, cfg.bs, cfg.width, cfg.n_train, cfg.out) == (
+        'dcgan',
+        15,
+        5e-4,
+        64,
+        16,
+        None,
+        None,
+    )
+    learn, metrics = train_gan(
+        GANConfig(epochs=1, n_train=64, bs=32, device='cpu', quiet=True, width=4)
+    )
+    assert metrics['task'] == 'gan' and metrics['epochs'] == 1 and np.isfinite(metrics['d_loss'])
+    with pytest.raises(ValueError, match='width'):
+        train_gan(GANConfig(width=0))
+    folder = save_gan(learn.model, tmp_path / 'g', 'dcgan', 4)
+    info = sample_grid(folder, n=4, out=tmp_path / 'g.png')
+    assert info == {'variant': 'dcgan', 'n': 4, 'out': str(tmp_path / 'g.png')}
+    with pytest.raises(ValueError, match='unconditional'):
+        sample_grid(tmp_path / 'g', n=4, digit=3, out=tmp_path / 'g.png')
 
 
 def test_save_load_roundtrip(tmp_path):
