@@ -1,19 +1,20 @@
-"""Training throughput (examples/s) of BPR-MF and NeuMF steps through `ImplicitLearner` versus a plain PyTorch loop, in one process.
+"""Training throughput (examples/s) of BPR-MF and NeuMF steps through `ImplicitLearner` versus a
+plain PyTorch loop, in one process.
 
 usage: python benchmarks/recsys_throughput.py [--device cpu|cuda] [--repeats 5] [--bs 1024]
-Writes benchmarks/out/recsys_throughput.json. On CUDA (automatic when available) it also measures large batches.
+Writes benchmarks/out/recsys_throughput.json. On CUDA (automatic when available) it also measures
+large batches.
 """
 
 import argparse, json, statistics, time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from bigmodel_book.core import get_device, set_seed
-from bigmodel_book.data import load_movielens_100k
-from bigmodel_book.recsys_data import encode_interactions, leave_last_out
-from bigmodel_book.recsys import (
+from bigmodel_book.data.external import load_movielens_100k
+from bigmodel_book.recsys.data import encode_interactions, leave_last_out
+from bigmodel_book.recsys.models import (
     BPRMF,
     ImplicitLearner,
     NeuMF,
@@ -51,7 +52,8 @@ def learner_run(kind, data, train, dev, bs, n_batches):
 
 
 def plain_run(kind, data, train, dev, bs, n_batches):
-    "Examples/s of a hand-written loop doing the same work: sample negatives, score, loss, backward, AdamW step."
+    """Examples/s of a hand-written loop doing the same work: sample negatives, score, loss,
+    backward, AdamW step."""
     set_seed(0)
     model, (loss_fn, n_neg) = make(kind, data, dev)
     opt = torch.optim.AdamW(model.parameters(), 1e-3, weight_decay=0.01)
@@ -91,7 +93,8 @@ def measure(data, train, dev, bs, n_batches, repeats):
             'ratio_learner_over_plain': med['learner'] / med['plain'],
         }
         print(
-            f"{dev.type} {kind:6s} bs {bs:6d}: Learner {med['learner']:12,.0f} ex/s  plain loop {med['plain']:12,.0f} ex/s  ratio {med['learner'] / med['plain']:.2f}"
+            f"{dev.type} {kind:6s} bs {bs:6d}: Learner {med['learner']:12,.0f} ex/s  "
+            f"plain loop {med['plain']:12,.0f} ex/s  ratio {med['learner'] / med['plain']:.2f}"
         )
     return out
 

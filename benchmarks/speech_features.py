@@ -1,5 +1,6 @@
-"""Speech benchmark: log-mel features from the formulas (5.1) vs torchaudio, and keyword / CTC inference real-time factors
-vs the MFCC + logistic-regression baseline, in one process (interleaved repeats, median). Writes benchmarks/out/speech_features.json.
+"""Speech benchmark: log-mel features from the formulas (5.1) vs torchaudio, and keyword / CTC
+inference real-time factors vs the MFCC + logistic-regression baseline, in one process
+(interleaved repeats, median). Writes benchmarks/out/speech_features.json.
 
     python benchmarks/speech_features.py [--device cuda] [--repeats 7]
 """
@@ -12,9 +13,9 @@ import torch
 import torchaudio
 from sklearn.linear_model import LogisticRegression
 
-from bigmodel_book.speech import mel_filterbank, stft_power
-from bigmodel_book.speech_kws import KeywordCNN, mfcc_stats
-from bigmodel_book.speech_ctc import CTCRecogniser, transcribe
+from bigmodel_book.speech.data import mel_filterbank, stft_power
+from bigmodel_book.speech.kws import KeywordCNN, mfcc_stats
+from bigmodel_book.speech.ctc import CTCRecogniser, transcribe
 
 
 def timed(fn, device):
@@ -104,9 +105,13 @@ def main():
         r = bench(d, args.repeats)
         res[str(d)] = r
         print(
-            f"[{d}] log-mel ours/torchaudio time ratio {r['logmel_ratio_ours_over_torchaudio']:.2f} "
-            f"({r['logmel_clips_per_s']['ours']:.0f} vs {r['logmel_clips_per_s']['torchaudio']:.0f} clips/s); "
-            f"RTF kws CNN {r['rtf']['kws_cnn']:.4f}, MFCC+logreg baseline {r['rtf']['kws_mfcc_logreg_baseline']:.4f}, CTC {r['rtf']['ctc_bigru']:.4f}"
+            f"[{d}] log-mel ours/torchaudio time ratio "
+            f"{r['logmel_ratio_ours_over_torchaudio']:.2f} "
+            f"({r['logmel_clips_per_s']['ours']:.0f} vs "
+            f"{r['logmel_clips_per_s']['torchaudio']:.0f} clips/s); "
+            f"RTF kws CNN {r['rtf']['kws_cnn']:.4f}, "
+            f"MFCC+logreg baseline {r['rtf']['kws_mfcc_logreg_baseline']:.4f}, "
+            f"CTC {r['rtf']['ctc_bigru']:.4f}"
         )
     out = Path(__file__).parent / 'out'
     out.mkdir(exist_ok=True)

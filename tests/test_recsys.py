@@ -1,4 +1,5 @@
-"Recommendation chapter: metric functions against hand-worked values and sklearn, bad input, recommend(), the CLI."
+"""Recommendation chapter: metric functions against hand-worked values and sklearn, bad input,
+recommend(), the recipe and the CLI."""
 
 import numpy as np
 import pandas as pd
@@ -6,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import ndcg_score
 
-from bigmodel_book.recsys_data import (
+from bigmodel_book.recsys.data import (
     catalogue_coverage,
     encode_interactions,
     evaluate_sampled,
@@ -18,14 +19,15 @@ from bigmodel_book.recsys_data import (
     top_k_items,
     user_items,
 )
-from bigmodel_book.recsys import (
+from bigmodel_book.recsys.models import (
     BPRMF,
     GRU4Rec,
     NeuMF,
+    RecsysConfig,
     Recommender,
     bpr_loss,
     sequence_windows,
-    train_main,
+    train_recsys,
 )
 
 TOP = np.array([[3, 5, 7], [1, 9, 2], [0, 1, 2]])
@@ -166,9 +168,9 @@ def test_models_bad_ids_and_shapes():
 
 
 @pytest.mark.parametrize('model', ['mf', 'bpr'])
-def test_cli(tmp_path, model):
-    res = train_main(
-        ['--model', model, '--epochs', '1', '--out', str(tmp_path), '--quiet', '--device', 'cpu']
+def test_recipe(tmp_path, model):
+    _, res = train_recsys(
+        RecsysConfig(model=model, epochs=1, out=tmp_path, quiet=True, device='cpu')
     )
     assert (tmp_path / 'model.safetensors').exists() and (tmp_path / 'metrics.json').exists()
     if model == 'mf':
@@ -177,6 +179,31 @@ def test_cli(tmp_path, model):
         assert 0 <= res['test_full_hr@10'] <= res['test_sampled_hr@10'] <= 1
 
 
+def test_recipe_defaults_per_model():
+    cfgs = [RecsysConfig(model=m) for m in ('mf', 'bpr', 'neumf', 'seq')]
+    assert [(c.epochs, c.lr, c.bs) for c in cfgs] == [
+        (6, 1e-2, 1024),
+        (10, 1e-2, 1024),
+        (6, 3e-3, 1024),
+        (6, 5e-3, 64),
+    ]
+    assert RecsysConfig(model='seq', bs=8).bs == 8
+    with pytest.raises(ValueError, match='model must be one of'):
+        RecsysConfig(model='svd')
+
+
+def test_cli(tmp_path):
+    from bigmodel_book.cli.core import main
+
+    res = main(
+        ['train', 'recsys', '--model', 'mf', '--epochs', '1', '--out', str(tmp_path)]
+        + ['--quiet', '--device', 'cpu']
+    )
+    assert (tmp_path / 'model.safetensors').exists() and res['test_rmse'] < 1.2
+
+
 def test_cli_bad_model(tmp_path):
+    from bigmodel_book.cli.core import main
+
     with pytest.raises(SystemExit):
-        train_main(['--model', 'svd', '--out', str(tmp_path)])
+        main(['train', 'recsys', '--model', 'svd', '--out', str(tmp_path)])

@@ -1,13 +1,14 @@
-"Side information and cold start (nbs/62): feature encoding, the two-tower model, group popularity and the new-user fallbacks of SideRecommender."
+"""Side information and cold start (nbs/62): feature encoding, the two-tower model, group
+popularity and the new-user fallbacks of SideRecommender."""
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from bigmodel_book.data import load_movielens_100k
-from bigmodel_book.recsys_data import encode_interactions, user_items
-from bigmodel_book.recsys_side import (
+from bigmodel_book.data.external import load_movielens_100k
+from bigmodel_book.recsys.data import encode_interactions, user_items
+from bigmodel_book.recsys.side import (
     GroupPopularity,
     SideRecommender,
     TwoTower,
@@ -189,7 +190,7 @@ def test_features_only_scorer_and_learner_step(setup):
     assert sc.shape == (4, data.n_items) and torch.allclose(
         sc, model.eval().score_features(model.user_feats[torch.as_tensor(cold[:4])]).detach()
     )
-    from bigmodel_book.recsys import pair_dls
+    from bigmodel_book.recsys.models import pair_dls
 
     train = data.ratings[~data.ratings.user.isin(cold)].iloc[:2048]
     m = TwoTower(data.n_users, data.n_items, side, dim=8, feat_dim=4, hidden=16)

@@ -1,4 +1,5 @@
-"Tests of the speech chapter (5.1-5.3): eSpeak NG loading, features against torchaudio, augmentation, bad input, Speech Commands layout, models, CTC and the CLI."
+"""Tests of the speech chapter (5.1-5.3): eSpeak NG loading, features against torchaudio,
+augmentation, bad input, Speech Commands layout, models, CTC, the recipes and the CLI."""
 
 import json
 from pathlib import Path
@@ -9,7 +10,7 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from bigmodel_book.speech import (
+from bigmodel_book.speech.data import (
     ESpeak,
     WORDS,
     add_noise,
@@ -30,30 +31,33 @@ from bigmodel_book.speech import (
     LogMel,
     SpecAugment,
 )
-from bigmodel_book.speech_kws import (
+from bigmodel_book.speech.kws import (
     AugmentedClips,
     KWS_LABELS,
+    KWSConfig,
     KeywordCNN,
     edit_distance,
     kws_data,
     noisy_test,
     stream_keywords,
+    train_kws,
 )
-from bigmodel_book.speech_ctc import (
+from bigmodel_book.speech.ctc import (
+    CTCConfig,
     CTCDataset,
     CTCLearner,
     CTCRecogniser,
     ctc_collate,
     energy_segments,
+    ctc_greedy_decode,
     error_rates,
-    greedy_decode,
     quiet_cuts,
     spell,
-    train_main,
+    train_ctc,
     transcribe,
-    transcribe_main,
+    transcribe_file,
 )
-from bigmodel_book.data import DataLoaders
+from bigmodel_book.data.core import DataLoaders
 
 
 @pytest.fixture(scope='module')
@@ -239,7 +243,7 @@ def test_energy_segments():
 
 
 def test_ctc_pieces():
-    assert greedy_decode(
+    assert ctc_greedy_decode(
         torch.log(torch.eye(11)[[2, 2, 0, 2, 5, 5]] + 1e-9)[None], torch.tensor([6])
     ) == ['114']
     assert (
@@ -279,59 +283,50 @@ def test_stream_and_transcribe_rtf(word):
         transcribe(CTCRecogniser(), torch.zeros(0))
 
 
-def test_cli_train_and_transcribe(tmp_path, word):
-    m = train_main(
-        [
-            '--task',
-            'kws',
-            '--epochs',
-            '1',
-            '--n-train',
-            '1',
-            '--n-test',
-            '1',
-            '--out',
-            str(tmp_path / 'kws'),
-            '--quiet',
-        ]
-    )
+def test_recipes_train_and_transcribe(tmp_path, word):
+    _, m = train_kws(KWSConfig(epochs=1, n_train=1, n_test=1, out=tmp_path / 'kws', quiet=True))
     assert (
         m['task'] == 'kws'
         and 0 <= m['test_accuracy'] <= 1
         and (tmp_path / 'kws' / 'model.safetensors').exists()
     )
     sf.write(tmp_path / 'w.wav', word.numpy(), 16000)
-    assert isinstance(
-        transcribe_main([str(tmp_path / 'w.wav'), '--model', str(tmp_path / 'kws')]), str
-    )
-    m = train_main(
-        [
-            '--task',
-            'ctc',
-            '--epochs',
-            '1',
-            '--n-train',
-            '4',
-            '--n-test',
-            '2',
-            '--bs',
-            '4',
-            '--out',
-            str(tmp_path / 'ctc'),
-            '--quiet',
-        ]
+    assert isinstance(transcribe_file(tmp_path / 'w.wav', tmp_path / 'kws')['text'], str)
+    _, m = train_ctc(
+        CTCConfig(epochs=1, n_train=4, n_test=2, bs=4, out=tmp_path / 'ctc', quiet=True)
     )
     assert (
         m['task'] == 'ctc'
         and json.loads((tmp_path / 'ctc' / 'config.json').read_text())['task'] == 'ctc'
     )
-    assert isinstance(
-        transcribe_main([str(tmp_path / 'w.wav'), '--model', str(tmp_path / 'ctc')]), str
-    )
+    assert isinstance(transcribe_file(tmp_path / 'w.wav', tmp_path / 'ctc')['text'], str)
     with pytest.raises(FileNotFoundError, match='train speech'):
-        transcribe_main([str(tmp_path / 'w.wav'), '--model', str(tmp_path / 'none')])
+        transcribe_file(tmp_path / 'w.wav', tmp_path / 'none')
+    with pytest.raises(ValueError, match='at least 1'):
+        train_ctc(CTCConfig(n_train=0))
+
+
+def test_recipe_defaults_are_the_chapters_standard_run():
+    kws, ctc = KWSConfig(), CTCConfig()
+    assert (kws.epochs, kws.lr, kws.bs, kws.n_train, kws.n_test) == (20, 1e-2, 64, 100, 30)
+    assert (ctc.epochs, ctc.lr, ctc.bs, ctc.n_train, ctc.n_test) == (15, 3e-3, 16, 400, 100)
+
+
+def test_cli_train_and_transcribe(tmp_path, word):
+    from bigmodel_book.cli.core import main
+
+    out = tmp_path / 'kws'
+    m = main(
+        ['train', 'speech', '--task', 'kws', '--epochs', '1', '--n-train', '1', '--n-test', '1']
+        + ['--out', str(out), '--quiet']
+    )
+    assert m['task'] == 'kws' and (out / 'model.safetensors').exists()
+    sf.write(tmp_path / 'w.wav', word.numpy(), 16000)
+    assert isinstance(main(['transcribe', str(tmp_path / 'w.wav'), '--model', str(out)]), str)
+    with pytest.raises(FileNotFoundError, match='train speech'):
+        main(['transcribe', str(tmp_path / 'w.wav'), '--model', str(tmp_path / 'none')])
     with pytest.raises(SystemExit):
-        train_main(['--task', 'asr'])
+        main(['train', 'speech', '--task', 'asr'])
 
 
 @pytest.mark.gpu
