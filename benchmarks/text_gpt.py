@@ -1,7 +1,9 @@
-"""GPT generation and training throughput: tokens/s with and without the key/value cache, in the same process.
+"""GPT generation and training throughput: tokens/s with and without the key/value cache,
+in the same process.
 
 usage: python benchmarks/text_gpt.py [--device cpu|cuda|auto] [--quick]
-Writes benchmarks/out/text_gpt.json. On CUDA it also measures training tokens/s in fp32 vs bf16 autocast with fused attention.
+Writes benchmarks/out/text_gpt.json. On CUDA it also measures training tokens/s in fp32 vs bf16
+autocast with fused attention.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ from pathlib import Path
 import torch
 
 from bigmodel_book.core import Timer, get_device, set_seed
-from bigmodel_book.sequence import lm_loss
-from bigmodel_book.text import GPT, generate
+from bigmodel_book.sequence.charlm import lm_loss
+from bigmodel_book.text.gpt import GPT, generate
 
 
 def generation(model: GPT, n_new: int, repeats: int) -> dict:
@@ -72,9 +74,10 @@ def main(argv=None) -> dict:
     model = GPT(**cfg).to(dev).eval()
     out['config'] = cfg
     out['generation'] = generation(model, 64 if args.quick else 240, 2 if args.quick else 5)
+    gen = out['generation']
     print(
-        f"[{dev}] generation: {out['generation']['tokens_per_s_no_cache']:,.0f} tok/s without cache, "
-        f"{out['generation']['tokens_per_s_cache']:,.0f} with; speed-up {out['generation']['cache_speedup']:.2f}x"
+        f"[{dev}] generation: {gen['tokens_per_s_no_cache']:,.0f} tok/s without cache, "
+        f"{gen['tokens_per_s_cache']:,.0f} with; speed-up {gen['cache_speedup']:.2f}x"
     )
     model.train()
     out['train_tokens_per_s_fp32'] = training(
@@ -101,9 +104,8 @@ def main(argv=None) -> dict:
         out['cuda_generation_large'] = generation(GPT(**big).to(dev).eval(), 500, 3)
         for k in [k for k in out if k.startswith('cuda_train')]:
             print(f"[cuda] {k}: {out[k]:,.0f}")
-        print(
-            f"[cuda] large-model generation speed-up with cache: {out['cuda_generation_large']['cache_speedup']:.2f}x"
-        )
+        speedup = out['cuda_generation_large']['cache_speedup']
+        print(f"[cuda] large-model generation speed-up with cache: {speedup:.2f}x")
     path = Path(__file__).resolve().parent / 'out' / 'text_gpt.json'
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(out, indent=1))

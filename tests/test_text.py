@@ -1,4 +1,5 @@
-"Tests of bigmodel_book.text: BPE round trip (property), attention against PyTorch, bad input, the GPT cache, the CLI."
+"""Tests of bigmodel_book.text: BPE round trip (property), attention against PyTorch, bad input,
+the GPT cache, the recipes and the CLI."""
 
 import json, warnings
 
@@ -6,30 +7,35 @@ import pytest, torch
 import torch.nn.functional as F
 from hypothesis import given, settings, HealthCheck, strategies as st
 
-from bigmodel_book.sequence import lm_windows
-from bigmodel_book.text import (
-    BPETokenizer,
-    CharTokenizer,
-    WordVocab,
-    pretokenize,
+from bigmodel_book.sequence.charlm import CharTokenizer, lm_windows, sample_next
+from bigmodel_book.text.tokenize import BPETokenizer, WordVocab, pretokenize
+from bigmodel_book.text.attention import (
     attention,
     causal_mask,
     MultiHeadAttention,
     TransformerClassifier,
+)
+from bigmodel_book.text.classify import (
     BagOfEmbeddings,
     TextCNN,
     BiLSTMClassifier,
+    ReviewsConfig,
+    train_reviews,
+)
+from bigmodel_book.text.mining import skipgram_pairs
+from bigmodel_book.text.gpt import (
     GPT,
     generate,
     generate_text,
-    sample_next,
     RandomWindows,
-    bits_per_character,
-    skipgram_pairs,
-    train_main,
-    generate_main,
+    eval_bits_per_char,
+    GPTTrainConfig,
+    train_gpt,
+    GenerateConfig,
+    generate_from_checkpoint,
     load_gpt,
 )
+
 
 CORPUS = [
     "Love this dress! The fabric is soft, but it runs small.",
@@ -229,88 +235,82 @@ def test_windows_and_skipgram():
 
 
 def test_cli_gpt_train_and_generate(tmp_path, capsys):
-    small = [
-        '--task',
-        'gpt',
-        '--epochs',
-        '1',
-        '--windows',
-        '64',
-        '--bs',
-        '16',
-        '--block-size',
-        '32',
-        '--d-model',
-        '32',
-        '--n-layers',
-        '1',
-        '--train-size',
-        '50000',
-        '--device',
-        'cpu',
-        '--quiet',
-    ]
-    m = train_main(small + ['--tokenizer', 'char', '--out', str(tmp_path)])
+    small = dict(
+        epochs=1,
+        windows=64,
+        bs=16,
+        block_size=32,
+        d_model=32,
+        n_layers=1,
+        train_size=50000,
+        device='cpu',
+        quiet=True,
+    )
+    _, m = train_gpt(GPTTrainConfig(tokenizer='char', out=tmp_path, **small))
     assert m['task'] == 'gpt' and m['valid_bpc'] > 0
     assert (tmp_path / 'model.safetensors').exists() and json.loads(
         (tmp_path / 'gpt_config.json').read_text()
     )['block_size'] == 32
     with pytest.warns(UserWarning):
-        text = generate_main(
-            [
-                '--checkpoint',
-                str(tmp_path),
-                '--prompt',
-                'ROMEO☃',
-                '--n',
-                '20',
-                '--seed',
-                '0',
-                '--device',
-                'cpu',
-            ]
+        text = generate_from_checkpoint(
+            GenerateConfig(tmp_path, prompt='ROMEO☃', n=20, seed=0, device='cpu')
         )
     assert text.startswith('ROMEO') and len(text) == 25
-    assert generate_main(
-        [
-            '--checkpoint',
-            str(tmp_path / 'model.safetensors'),
-            '--n',
-            '10',
-            '--no-cache',
-            '--device',
-            'cpu',
-        ]
+    assert generate_from_checkpoint(
+        GenerateConfig(tmp_path / 'model.safetensors', n=10, use_cache=False, device='cpu')
     )
     with pytest.raises(FileNotFoundError):
         load_gpt(tmp_path / 'nowhere' / 'model.safetensors')
     bpe_dir = tmp_path / 'bpe'
-    m = train_main(small + ['--vocab-size', '300', '--out', str(bpe_dir)])
+    m = train_gpt(GPTTrainConfig(vocab_size=300, out=bpe_dir, **small))
     model, tok = load_gpt(bpe_dir)
     assert isinstance(tok, BPETokenizer) and tok.vocab_size == 300 and model.vocab_size == 300
     with warnings.catch_warnings():
         warnings.simplefilter(
             'error'
         )  # byte-level BPE spells unseen characters in bytes: no warning, the prompt survives
-        assert generate_main(
-            [
-                '--checkpoint',
-                str(bpe_dir),
-                '--prompt',
-                'ROMEO☃',
-                '--n',
-                '5',
-                '--seed',
-                '0',
-                '--device',
-                'cpu',
-            ]
+        assert generate_from_checkpoint(
+            GenerateConfig(bpe_dir, prompt='ROMEO☃', n=5, seed=0, device='cpu')
         ).startswith('ROMEO☃')
+    with pytest.raises(ValueError, match='at least 256'):
+        train_gpt(GPTTrainConfig(vocab_size=100, out=tmp_path / 'bad', **small))
+
+
+def test_cli_text_commands(tmp_path, capsys):
+    "The command line: `train text --task gpt` and `generate` run the recipes; bad options exit."
+    from bigmodel_book.cli.core import main
+
+    small = ['--epochs', '1', '--windows', '64', '--bs', '16', '--block-size', '32']
+    small += ['--d-model', '32', '--n-layers', '1', '--train-size', '50000']
+    small += ['--device', 'cpu', '--quiet', '--tokenizer', 'char']
+    assert main(['train', 'text', '--task', 'gpt', *small, '--out', str(tmp_path)]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])['task'] == 'gpt'
+    with pytest.warns(UserWarning):
+        assert (
+            main(
+                [
+                    'generate',
+                    '--checkpoint',
+                    str(tmp_path),
+                    '--prompt',
+                    'ROMEO☃',
+                    '--n',
+                    '20',
+                    '--seed',
+                    '0',
+                    '--device',
+                    'cpu',
+                ]
+            )
+            == 0
+        )
+    text = capsys.readouterr().out
+    assert text.startswith('ROMEO') and len(text.rstrip('\n')) == 25
     with pytest.raises(SystemExit):
-        train_main(small + ['--vocab-size', '100', '--out', str(tmp_path / 'bad')])
+        main(['train', 'text', '--task', 'gpt', '--vocab-size', '100', '--out', str(tmp_path)])
 
 
-def test_bits_per_character():
+def test_eval_bits_per_char():
     tok = CharTokenizer.from_text('abcdefgh')
     g = GPT(tok.vocab_size, block_size=8, d_model=16, n_heads=2, n_layers=1, dropout=0.0)
     ds = lm_windows(torch.tensor(tok.encode('abcdefgh' * 10)), 8)
@@ -320,7 +320,7 @@ def test_bits_per_character():
         / torch.log(torch.tensor(2.0)).item()
     )
     assert (
-        abs(bits_per_character(g, ds, tok, bs=3) - expected) < 1e-5
+        abs(eval_bits_per_char(g, ds, tok, bs=3) - expected) < 1e-5
     )  # one char per token: mean bits per token
     bpe = BPETokenizer.train(['abcdefgh ' * 50], vocab_size=270, min_freq=1)
     ids = torch.tensor(bpe.encode('abcdefgh ' * 30))
@@ -330,7 +330,7 @@ def test_bits_per_character():
     nats = F.cross_entropy(g(x).flatten(0, 1), y.flatten(), reduction='sum').item()
     assert (
         abs(
-            bits_per_character(g, ds, bpe)
+            eval_bits_per_char(g, ds, bpe)
             - nats / 0.6931471805599453 / len(bpe.decode(y.flatten().tolist()))
         )
         < 1e-4
@@ -339,22 +339,8 @@ def test_bits_per_character():
 
 
 def test_cli_reviews(tmp_path):
-    m = train_main(
-        [
-            '--task',
-            'reviews',
-            '--model',
-            'bag',
-            '--epochs',
-            '1',
-            '--train-size',
-            '500',
-            '--device',
-            'cpu',
-            '--out',
-            str(tmp_path),
-            '--quiet',
-        ]
+    _, m = train_reviews(
+        ReviewsConfig(model='bag', epochs=1, train_size=500, device='cpu', out=tmp_path, quiet=True)
     )
     assert m['task'] == 'reviews' and 0 <= m['test_rec_accuracy'] <= 1
     assert (tmp_path / 'vocab.json').exists()
