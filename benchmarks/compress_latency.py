@@ -1,25 +1,26 @@
-"""Latency and size of LeNet-5 in fp32 (baseline), 90% magnitude-pruned, int8 dynamic and int8 static, in one process.
+"""Latency and size of LeNet-5 in fp32 (baseline), 90% magnitude-pruned, int8 dynamic and int8
+static, in one process.
 
 Usage: python benchmarks/compress_latency.py [--device cpu|cuda] [--repeats N] [--batch B]
-Writes benchmarks/out/compress_latency.json. Weights are random (latency and size do not depend on training);
-the variants are timed interleaved (round-robin), and the median over repeats is reported with its ratio to fp32.
-int8 kernels of torch.ao run on the CPU only; the CUDA section compares fp32 with bf16 autocast and the pruned model."""
+Writes benchmarks/out/compress_latency.json. Weights are random (latency and size do not depend
+on training); the variants are timed interleaved (round-robin), and the median over repeats is
+reported with its ratio to fp32. int8 kernels of torch.ao run on the CPU only; the CUDA section
+compares fp32 with bf16 autocast and the pruned model."""
 
-import argparse, json, os, platform, statistics, sys, time
+import argparse, json, platform, statistics, sys, time
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from bigmodel_book.compress import (
-    latency_ms,
+from bigmodel_book.lifecycle.compress import (
     magnitude_prune,
     quantize_dynamic_int8,
     quantize_static_int8,
-    size_bytes,
     sparsity,
 )
-from bigmodel_book.vision import LeNet5
+from bigmodel_book.lifecycle.distill import size_bytes
+from bigmodel_book.vision.models import LeNet5
 
 
 def traceable(net):

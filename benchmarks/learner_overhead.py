@@ -1,22 +1,23 @@
 """How much does the Learner cost over a hand-written PyTorch loop?
 
-Same model, data, seed, schedule and epochs, in one process; both runs alternate so that machine noise hits both.
-The hand-written loop does what any honest loop does: one-cycle learning rate per step, per-batch loss kept for the
-history, validation loss and accuracy every epoch. Prints the median time ratio (goal: at most 1.05 on CPU) and
-writes JSON to benchmarks/out/learner_overhead.json.
+Same model, data, seed, schedule and epochs, in one process; both runs alternate so that machine
+noise hits both. The hand-written loop does what any honest loop does: one-cycle learning rate
+per step, per-batch loss kept for the history, validation loss and accuracy every epoch. Prints
+the median time ratio (goal: at most 1.05 on CPU) and writes JSON to
+benchmarks/out/learner_overhead.json.
 
 usage: python benchmarks/learner_overhead.py [--device cpu|cuda] [--repeats 5] [--epochs 3]
 """
 
-import argparse, json, math, statistics, time
+import argparse, json, math, statistics
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from bigmodel_book.core import Timer, get_device, set_seed
-from bigmodel_book.data import ArrayDataset, DataLoaders
-from bigmodel_book.learner import Learner, accuracy, sched_one_cycle
+from bigmodel_book.data.core import ArrayDataset, DataLoaders
+from bigmodel_book.train.learner import Learner, accuracy, sched_one_cycle
 
 OUT = Path(__file__).parent / 'out'
 
@@ -116,7 +117,8 @@ def main(argv=None):
     OUT.mkdir(exist_ok=True)
     (OUT / f'learner_overhead_{device.type}.json').write_text(json.dumps(res, indent=1))
     print(
-        f"Learner {res['learner_s']:.3f}s vs hand-written loop {res['hand_loop_s']:.3f}s on {device}: ratio {ratio:.3f} "
+        f"Learner {res['learner_s']:.3f}s vs hand-written loop {res['hand_loop_s']:.3f}s "
+        f"on {device}: ratio {ratio:.3f} "
         f"(goal <= 1.05 on CPU); same validation loss: {res['same_valid_loss']}"
     )
     return res

@@ -1,10 +1,12 @@
-"""Load test of `bigmodel-book serve`: the real uvicorn server in a second process on 127.0.0.1, 2,000 /predict requests at
-concurrency 16 from this process; zero failures, p50/p99 latency and throughput, against calling the model directly (baseline).
+"""Load test of `bigmodel-book serve`: the real uvicorn server in a second process on 127.0.0.1,
+2,000 /predict requests at concurrency 16 from this process; zero failures, p50/p99 latency and
+throughput, against calling the model directly (baseline).
 
-    python benchmarks/serve_load.py [--requests 2000] [--concurrency 16] [--batch 1] [--device cpu|cuda]
+    python benchmarks/serve_load.py [--requests 2000] [--concurrency 16] [--batch 1] \
+        [--device cpu|cuda]
 
-Writes benchmarks/out/serve_load.json. Loopback only: the server listens on 127.0.0.1 and is stopped at the end.
-"""
+Writes benchmarks/out/serve_load.json. Loopback only: the server listens on 127.0.0.1 and is
+stopped at the end."""
 
 import argparse, asyncio, json, sys, tempfile, time
 from pathlib import Path
@@ -12,13 +14,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bigmodel_book.export import save_model_dir
-from bigmodel_book.serve import start_server
-from bigmodel_book.vision import LeNet5
+from bigmodel_book.lifecycle.export import save_model_dir
+from bigmodel_book.lifecycle.serve import start_server
+from bigmodel_book.vision.models import LeNet5
 
 
 async def _client(url, payloads, concurrency, timeout=60.0):
-    "Like bigmodel_book.serve.load_test, but records why requests failed; keep-alive expiry 2 s < uvicorn's 5 s (avoids the close race)."
+    """Like bigmodel_book.lifecycle.serve.load_test, but records why requests failed;
+    keep-alive expiry 2 s < uvicorn's 5 s (avoids the close race)."""
     import httpx
 
     lat, errors, sem = [], {}, asyncio.Semaphore(concurrency)
@@ -70,7 +73,8 @@ def load(url, images, n, concurrency, batch):
 
 
 def direct_latency(model, images, n, device):
-    "Per-call latency (ms) of the model called in this process on one image, as the server would (softmax, to list)."
+    """Per-call latency (ms) of the model called in this process on one image,
+    as the server would (softmax, to list)."""
     times = []
     with torch.inference_mode():
         for i in range(n):
@@ -125,9 +129,12 @@ def main(argv=None):
     results = {d: run(d, args) for d in devices}
     for d, r in results.items():
         print(
-            f"[{d}] {r['requests']} requests, concurrency {r['concurrency']}, batch {r['batch']}: failures {r['failures']}, "
-            f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, {r['throughput_rps']:.0f} requests/s; "
-            f"direct call p50 {r['direct_p50_ms']:.3f} ms (HTTP/direct ratio {r['http_over_direct_p50']:.1f}x)"
+            f"[{d}] {r['requests']} requests, concurrency {r['concurrency']}, "
+            f"batch {r['batch']}: failures {r['failures']}, "
+            f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, "
+            f"{r['throughput_rps']:.0f} requests/s; "
+            f"direct call p50 {r['direct_p50_ms']:.3f} ms "
+            f"(HTTP/direct ratio {r['http_over_direct_p50']:.1f}x)"
         )
     out = Path(__file__).resolve().parent / 'out'
     out.mkdir(exist_ok=True)

@@ -1,24 +1,27 @@
-"Tests for bigmodel_book.distill (distillation loss and learner, size and latency) and bigmodel_book.compress (pruning, int8 quantisation)."
+"""Tests for bigmodel_book.lifecycle.distill (distillation loss and learner, size and latency)
+and bigmodel_book.lifecycle.compress (pruning, int8 quantisation)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bigmodel_book.compress import (
-    count_params,
-    distillation_loss,
-    DistillationLearner,
-    latency_ms,
+from bigmodel_book.data.core import ArrayDataset, DataLoaders
+from bigmodel_book.lifecycle.compress import (
     magnitude_prune,
     make_permanent,
     quantize_dynamic_int8,
     quantize_static_int8,
-    size_bytes,
     sparsity,
 )
-from bigmodel_book.data import ArrayDataset, DataLoaders
-from bigmodel_book.learner import Learner, accuracy
+from bigmodel_book.lifecycle.distill import (
+    DistillationLearner,
+    count_params,
+    distillation_loss,
+    latency_ms,
+    size_bytes,
+)
+from bigmodel_book.train.learner import Learner, accuracy
 
 
 def cnn():

@@ -1,4 +1,5 @@
-"Distributed: 2 CPU processes (torchrun, gloo) end with identical weights that match one-process training on the same global batch; resume works."
+"""Distributed: 2 CPU processes (torchrun, gloo, through `bigmodel-book train distributed`) end with
+identical weights that match one-process training on the same global batch; resume works."""
 
 import json
 
@@ -6,10 +7,18 @@ import pytest, torch
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader, TensorDataset
 
-from bigmodel_book.data import DataLoaders
-from bigmodel_book.distributed import ShardSampler, launch, shard_dataloaders, train_main
+from bigmodel_book.data.core import DataLoaders
+from bigmodel_book.lifecycle.distributed import (
+    DistributedConfig,
+    ShardSampler,
+    launch,
+    shard_dataloaders,
+    train_distributed,
+)
 
-TOL = 1e-4  # max abs weight difference DDP vs one process (float32 rounding of the all-reduce, amplified a little by AdamW)
+# max abs weight difference DDP vs one process
+# (float32 rounding of the all-reduce, amplified a little by AdamW)
+TOL = 1e-4
 COMMON = [
     '--epochs',
     '3',
@@ -37,7 +46,18 @@ def _max_diff(a, b):
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp('ddp')
     torch.set_num_threads(1)
-    single = train_main(COMMON + ['--out', str(root / 'single')])
+    _, single = train_distributed(
+        DistributedConfig(
+            epochs=3,
+            bs=64,
+            lr=1e-2,
+            seed=42,
+            device='cpu',
+            quiet=True,
+            hidden=32,
+            out=root / 'single',
+        )
+    )
     launch(COMMON + ['--out', str(root / 'ddp')], nproc=2)
     launch(COMMON + ['--out', str(root / 'resumed'), '--stop-after', '1'], nproc=2)
     first = json.loads((root / 'resumed' / 'metrics.json').read_text())
@@ -95,7 +115,7 @@ def test_sharding_covers_the_global_batch():
 
 def test_batch_larger_than_data(tmp_path):
     with pytest.raises(ValueError, match='smaller than one global batch'):
-        train_main(['--bs', '4096', '--epochs', '1', '--quiet', '--out', str(tmp_path)])
+        train_distributed(DistributedConfig(bs=4096, epochs=1, quiet=True, out=tmp_path))
 
 
 @pytest.mark.gpu

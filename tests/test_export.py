@@ -1,22 +1,25 @@
-"Export: model directories round-trip without pickle, tampered or missing files are refused, ONNX agrees with PyTorch."
+"""Export: model directories round-trip without pickle, tampered or missing files are refused,
+ONNX agrees with PyTorch."""
 
 import json, shutil
 
 import pytest, torch
 
-from bigmodel_book.export import (
+from bigmodel_book.cli.core import main
+from bigmodel_book.lifecycle.export import (
     ModelDirError,
     builder_name,
-    export_main,
+    export_checkpoint,
     export_onnx,
     load_model_dir,
     onnx_max_diff,
     resolve_builder,
     save_model_dir,
 )
-from bigmodel_book.learner import mlp, save_weights
+from bigmodel_book.train.checkpoint import save_weights
+from bigmodel_book.train.learner import mlp
 
-BUILDER = 'bigmodel_book.learner:mlp'
+BUILDER = 'bigmodel_book.train.learner:mlp'
 
 
 @pytest.fixture(scope='module')
@@ -125,9 +128,9 @@ def test_expected_digest(exported):
         'os:system',
         'builtins:eval',
         'bigmodel_book:__import__',
-        'bigmodel_book.learner:mlp()',
+        'bigmodel_book.train.learner:mlp()',
         'subprocess:run',
-        'bigmodel_book.learner:does_not_exist',
+        'bigmodel_book.train.learner:does_not_exist',
         3,
     ],
 )
@@ -157,24 +160,17 @@ def test_onnx_dynamic_batch(tmp_path):
         assert onnx_max_diff(p, model, torch.rand(b, 64)) < 1e-5
 
 
-def test_export_main(tmp_path):
+def test_export_checkpoint(tmp_path):
     torch.manual_seed(1)
     model = mlp(n_hidden=16)
     save_weights(model, tmp_path / 'run' / 'model.safetensors')
-    out = export_main(
-        [
-            '--checkpoint',
-            str(tmp_path / 'run'),
-            '--builder',
-            BUILDER,
-            '--kwargs',
-            '{"n_hidden": 16}',
-            '--input-shape',
-            '64',
-            '--formats',
-            '--out',
-            str(tmp_path / 'exported'),
-        ]
+    out = export_checkpoint(
+        tmp_path / 'run',
+        BUILDER,
+        [64],
+        tmp_path / 'exported',
+        kwargs={'n_hidden': 16},
+        formats=(),
     )
     loaded, cfg = load_model_dir(out)
     x = torch.rand(4, 64)
@@ -182,47 +178,31 @@ def test_export_main(tmp_path):
         assert torch.equal(loaded(x), model.eval()(x))
     assert set(cfg['files']) == {'model.safetensors'}
     with pytest.raises(ModelDirError, match='does not fit'):
-        export_main(
-            [
-                '--checkpoint',
-                str(tmp_path / 'run'),
-                '--builder',
-                BUILDER,
-                '--input-shape',
-                '64',
-                '--formats',
-                '--out',
-                str(tmp_path / 'x'),
-            ]
-        )
+        export_checkpoint(tmp_path / 'run', BUILDER, [64], tmp_path / 'x', formats=())
     with pytest.raises(ValueError, match='JSON object'):
-        export_main(
-            [
-                '--checkpoint',
-                str(tmp_path / 'run'),
-                '--builder',
-                BUILDER,
-                '--kwargs',
-                '[1]',
-                '--input-shape',
-                '64',
-                '--out',
-                str(tmp_path / 'y'),
-            ]
-        )
+        export_checkpoint(tmp_path / 'run', BUILDER, [64], tmp_path / 'y', kwargs=[1])
     with pytest.raises(FileNotFoundError):
-        export_main(
-            [
-                '--checkpoint',
-                str(tmp_path / 'nothing'),
-                '--builder',
-                BUILDER,
-                '--input-shape',
-                '64',
-                '--out',
-                str(tmp_path / 'z'),
-            ]
-        )
+        export_checkpoint(tmp_path / 'nothing', BUILDER, [64], tmp_path / 'z')
+
+
+def test_export_main(tmp_path, capsys):
+    torch.manual_seed(1)
+    model = mlp(n_hidden=16)
+    save_weights(model, tmp_path / 'run' / 'model.safetensors')
+    common = ['export', '--checkpoint', str(tmp_path / 'run'), '--builder', BUILDER]
+    common += ['--input-shape', '64']
+    argv = common + ['--kwargs', '{"n_hidden": 16}', '--formats', '--out', str(tmp_path / 'e')]
+    assert main(argv) == 0 and 'wrote' in capsys.readouterr().out
+    loaded, cfg = load_model_dir(tmp_path / 'e')
+    x = torch.rand(4, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model.eval()(x))
+    assert set(cfg['files']) == {'model.safetensors'}
+    for bad in (['--formats'], ['--kwargs', '[1]'], ['--kwargs', '{"n_hidden": ']):
+        assert main(common + bad + ['--out', str(tmp_path / 'x')]) == 1  # an error, not a crash
+        assert 'error' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(['export', '--builder', BUILDER])  # --checkpoint, --input-shape, --out missing
 
 
 @pytest.mark.gpu

@@ -1,12 +1,20 @@
-"Serving: the real uvicorn server on 127.0.0.1 in a subprocess, over HTTP; every bad request is a 4xx JSON error and the server keeps answering."
+"""Serving: the real uvicorn server on 127.0.0.1 in a subprocess, over HTTP; every bad request
+is a 4xx JSON error and the server keeps answering."""
 
 import json, math
 
 import httpx, numpy as np, pytest, torch
 
-from bigmodel_book.export import save_model_dir
-from bigmodel_book.learner import mlp
-from bigmodel_book.serve import RequestError, load_test, parse_batch, serve_main, start_server
+from bigmodel_book.cli.core import main
+from bigmodel_book.lifecycle.export import save_model_dir
+from bigmodel_book.lifecycle.serve import (
+    RequestError,
+    load_test,
+    parse_batch,
+    serve_model_dir,
+    start_server,
+)
+from bigmodel_book.train.learner import mlp
 
 MAX_BATCH, MAX_BODY = 16, 100_000
 GOOD = {'inputs': [[0.5] * 64, [0.0] * 64]}
@@ -20,7 +28,7 @@ def model_dir(tmp_path_factory):
     d = save_model_dir(
         model,
         tmp_path_factory.mktemp('serve') / 'mlp',
-        builder='bigmodel_book.learner:mlp',
+        builder='bigmodel_book.train.learner:mlp',
         kwargs={'n_hidden': 32},
         input_shape=[64],
         labels=list('abcdefghij'),
@@ -146,11 +154,13 @@ def test_tampered_model_dir_refuses_to_start(model_dir, tmp_path):
         start_server(d, timeout=300)
 
 
-def test_serve_main_arguments(model_dir):
+def test_serve_arguments(model_dir, capsys):
     with pytest.raises(ValueError, match='port'):
-        serve_main(['--model', str(model_dir[1]), '--port', '70000'])
+        serve_model_dir(model_dir[1], port=70000)
+    assert main(['serve', '--model', str(model_dir[1]), '--port', '70000']) == 1
+    assert 'port' in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        serve_main([])
+        main(['serve'])
 
 
 def test_parse_batch_unit():

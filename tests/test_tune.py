@@ -1,4 +1,5 @@
-"Tests for bigmodel_book.tune (Optuna studies, pruning callback, resumable CLI) and bigmodel_book.finetune (freezing, heads, splitters)."
+"""Tests for bigmodel_book.lifecycle.tune (Optuna studies, pruning callback, resumable study
+and CLI) and bigmodel_book.lifecycle.finetune (freezing, heads, splitters)."""
 
 import json
 
@@ -7,8 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from bigmodel_book.data import ArrayDataset, DataLoaders
-from bigmodel_book.finetune import (
+from bigmodel_book.cli.core import main
+from bigmodel_book.data.core import ArrayDataset, DataLoaders
+from bigmodel_book.lifecycle.finetune import (
     GradualUnfreezing,
     discriminative_splitter,
     freeze_to,
@@ -16,16 +18,17 @@ from bigmodel_book.finetune import (
     replace_head,
     unfreeze,
 )
-from bigmodel_book.learner import Learner, accuracy, digits_dls, mlp
-from bigmodel_book.tune import (
+from bigmodel_book.lifecycle.tune import (
     OptunaPruning,
+    TuneConfig,
     create_study,
     plot_study,
-    record_task_results,
+    run_study,
     sqlite_storage,
     trials_frame,
-    tune_main,
 )
+from bigmodel_book.results import record_results
+from bigmodel_book.train.learner import Learner, accuracy, mlp
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -127,25 +130,37 @@ def test_plot_study_needs_complete_trial():
     assert plot_study(study) is not None
 
 
-def test_record_task_results_keeps_other_tasks(tmp_path, monkeypatch):
+def test_record_results_keeps_other_tasks(tmp_path, monkeypatch):
     monkeypatch.setenv('BMB_CACHE', str(tmp_path))
     row = lambda task, v: dict(task=task, model='m', metric='acc', value=v)
-    record_task_results('lc', 'a', [row('a', 0.1)], split='s', seed=0)
-    record_task_results('lc', 'b', [row('b', 0.2)], split='s', seed=0)
-    path = record_task_results('lc', 'a', [row('a', 0.3)], split='s', seed=0)
+    record_results('lc', [row('a', 0.1)], split='s', seed=0)
+    record_results('lc', [row('b', 0.2)], split='s', seed=0)
+    path = record_results('lc', [row('a', 0.3)], split='s', seed=0)
     rows = json.loads(path.read_text())['rows']
     assert sorted((r['task'], r['value']) for r in rows) == [('a', 0.3), ('b', 0.2)]
     with pytest.raises(ValueError, match='task'):
-        record_task_results('lc', 'a', [row('b', 1.0)], split='s', seed=0)
+        record_results('lc', [dict(model='m', metric='acc', value=1.0)], split='s', seed=0)
+
+
+def test_tune_study_resumes(tmp_path):
+    cfg = lambda trials: TuneConfig(trials=trials, epochs=1, out=tmp_path, device='cpu')
+    a = run_study(cfg(2))
+    b = run_study(cfg(3))
+    assert (a['resumed_from'], b['resumed_from'], b['trials']) == (0, 2, 3)
+    assert json.loads((tmp_path / 'best.json').read_text())['trials'] == 3
+    with pytest.raises(ValueError, match='at least 1'):
+        run_study(TuneConfig(trials=0, out=tmp_path))
 
 
 def test_tune_cli_resumes(tmp_path, capsys):
-    a = tune_main(['--trials', '2', '--epochs', '1', '--out', str(tmp_path), '--device', 'cpu'])
-    b = tune_main(['--trials', '3', '--epochs', '1', '--out', str(tmp_path), '--device', 'cpu'])
-    assert (a['resumed_from'], b['resumed_from'], b['trials']) == (0, 2, 3)
-    assert json.loads((tmp_path / 'best.json').read_text())['trials'] == 3
+    argv = ['tune', '--epochs', '1', '--out', str(tmp_path), '--device', 'cpu']
+    assert main(argv + ['--trials', '2']) == 0
+    assert main(argv + ['--trials', '3']) == 0
+    best = json.loads((tmp_path / 'best.json').read_text())
+    assert (best['resumed_from'], best['trials']) == (2, 3)
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == best
     with pytest.raises(SystemExit):
-        tune_main(['--trials', '0', '--out', str(tmp_path)])
+        main(['tune', '--trials', '0', '--out', str(tmp_path)])
 
 
 def test_layer_groups_join_norms_and_freeze():
