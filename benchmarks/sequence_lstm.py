@@ -1,8 +1,10 @@
-"""From-scratch LSTM (bigmodel_book.sequence.Recurrent) against torch.nn.LSTM: training tokens per second (forward + backward).
+"""From-scratch LSTM (bigmodel_book.sequence.cells.Recurrent) against torch.nn.LSTM.
 
-Interleaved repeats in one process, median time per batch; prints the ratio and writes benchmarks/out/sequence_lstm.json.
-CPU by default; a CUDA section (cuDNN, and bf16 autocast) runs when CUDA is available or with --device cuda.
-`--compile` adds torch.compile of the from-scratch layer (slow to compile on a CPU, so off by default).
+Measures training tokens per second (forward + backward). Interleaved repeats in one process,
+median time per batch; prints the ratio and writes benchmarks/out/sequence_lstm.json.
+CPU by default; a CUDA section (cuDNN, and bf16 autocast) runs when CUDA is available or with
+--device cuda. `--compile` adds torch.compile of the from-scratch layer (slow to compile on a
+CPU, so off by default).
 
     python benchmarks/sequence_lstm.py [--device cpu|cuda|auto] [--repeats 5] [--compile]
 """
@@ -13,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bigmodel_book.sequence import Recurrent, copy_from_torch
+from bigmodel_book.sequence.cells import Recurrent, copy_from_torch
 
 
 def sync(dev):
@@ -103,11 +105,13 @@ def main(argv=None):
                 amp,
             )
             print(
-                f"== {key}: batch {args.batch} x {args.steps} steps, hidden {args.hidden}, {args.layers} layers (forward + backward)"
+                f"== {key}: batch {args.batch} x {args.steps} steps, hidden {args.hidden}, "
+                f"{args.layers} layers (forward + backward)"
             )
             for k, v in r.items():
                 print(
-                    f"  {k:28s} {v['tokens_per_s']:>12,.0f} tokens/s   ratio vs torch {v['ratio_vs_torch']:.3f}"
+                    f"  {k:28s} {v['tokens_per_s']:>12,.0f} tokens/s   "
+                    f"ratio vs torch {v['ratio_vs_torch']:.3f}"
                 )
     path = Path(__file__).parent / 'out' / 'sequence_lstm.json'
     path.parent.mkdir(parents=True, exist_ok=True)

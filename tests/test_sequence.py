@@ -1,4 +1,5 @@
-"Tests of bigmodel_book.sequence: from-scratch cells against torch.nn, masking, bad input, the char LM, forecasting, seq2seq and the CLI."
+"""Tests of bigmodel_book.sequence.*: from-scratch cells against torch.nn, masking, bad input,
+the char LM, forecasting, seq2seq, the recipes and the CLI."""
 
 import json
 
@@ -7,36 +8,49 @@ import pytest
 import torch
 from torch import nn
 
-from bigmodel_book.sequence import (
-    CharRNN,
-    CharVocab,
-    DatePairs,
-    Forecaster,
+from bigmodel_book.data.core import lengths_mask, masked_mean
+from bigmodel_book.sequence.cells import (
     GRUCell,
     LSTMCell,
     Recurrent,
     RNNCell,
+    check_sequence_batch,
+    copy_from_torch,
+)
+from bigmodel_book.sequence.charlm import (
+    CharLMConfig,
+    CharRNN,
+    CharTokenizer,
+    lm_loss,
+    lm_windows,
+    nats_to_bits,
+    ngram_bpc,
+    sample_next,
+    train_charlm,
+)
+from bigmodel_book.sequence.forecast import (
+    ForecastConfig,
+    Forecaster,
+    forecast_errors,
+    forecast_origins,
+    make_windows,
+    persistence_forecast,
+    seasonal_naive_forecast,
+    train_forecaster,
+)
+from bigmodel_book.sequence.seq2seq import (
+    DatePairs,
     Seq2Seq,
+    Seq2SeqConfig,
     Seq2SeqLearner,
     TGT_ITOS,
     beam_decode,
-    check_sequence_batch,
-    copy_from_torch,
     date_pairs,
     decode_target,
     exact_match,
-    forecast_errors,
-    forecast_origins,
     greedy_decode,
-    lm_loss,
-    lm_windows,
-    make_windows,
-    masked_mean,
-    ngram_bpc,
-    persistence_forecast,
-    seasonal_naive_forecast,
     seq2seq_collate,
-    train_main,
+    train_seq2seq,
 )
 
 TORCH = {'rnn': nn.RNN, 'gru': nn.GRU, 'lstm': nn.LSTM}
@@ -112,7 +126,7 @@ def test_masked_equals_packed(mode):
     assert torch.allclose(out_m, out_p, atol=1e-5)
     for a, b in zip(_states(s_m, mode), _states(s_p, mode)):
         assert torch.allclose(a, b, atol=1e-5)
-    assert torch.allclose(masked_mean(x, lengths)[1], x[1, :1].mean(0))
+    assert torch.allclose(masked_mean(x, lengths_mask(lengths, 6))[1], x[1, :1].mean(0))
 
 
 @pytest.mark.parametrize(
@@ -139,24 +153,57 @@ def test_check_sequence_batch_type():
         check_sequence_batch([[1.0]])
 
 
-def test_char_vocab_policy():
-    v = CharVocab.from_text('hello world')
-    assert len(v) == len(set('hello world')) + 1
+def test_char_tokenizer_policy():
+    v = CharTokenizer.from_text('hello world')
+    assert len(v) == len(set('hello world')) + 1 == v.vocab_size
     assert v.decode(v.encode('low')) == 'low'
-    ids = v.encode('hex')
-    assert ids.tolist()[-1] == 0 and v.decode(ids) == 'he\ufffd' and v.n_unknown == 1
+    ids = v.encode('hex', unknown='unk')
+    assert ids[-1] == 0 and v.decode(ids) == 'he\ufffd' and v.n_unknown == 1
     with pytest.raises(ValueError, match="not in the vocabulary"):
-        v.encode('hex', strict=True)
+        v.encode('hex')
+    assert v.decode(v.encode('hex', unknown='skip')) == 'he'
     with pytest.raises(ValueError):
         v.decode([0, 99])
     with pytest.raises(TypeError):
         v.encode(3)
     with pytest.raises(ValueError):
-        CharVocab.from_text('')
+        CharTokenizer.from_text('')
+    # ids: 0 = <unk>, then the sorted characters (3.3's and 6.1's rule); to_dict round trip
+    assert v.itos[1:] == sorted(set('hello world')) and v.decode(torch.tensor([[1, 2]])) == ' d'
+    w = CharTokenizer.from_dict(v.to_dict())
+    assert w.itos == v.itos and w.encode('world') == v.encode('world')
+
+
+def test_sample_next_and_units():
+    logits = torch.tensor([[0.0, 1.0, 5.0, 2.0], [3.0, 0.0, 0.0, 0.0]])
+    assert sample_next(logits, temperature=0).flatten().tolist() == [2, 0]
+    g = torch.Generator().manual_seed(0)
+    draws = torch.cat([sample_next(logits, 1.0, top_k=2, generator=g) for _ in range(50)], 1)
+    assert set(draws[0].tolist()) <= {2, 3} and draws.shape == (2, 50)
+    with pytest.raises(ValueError):
+        sample_next(logits, temperature=-1)
+    with pytest.raises(ValueError):
+        sample_next(logits, top_k=0)
+    assert abs(nats_to_bits(np.log(2)) - 1.0) < 1e-12
+
+
+def test_char_rnn_sample_uses_sample_next():
+    torch.manual_seed(0)
+    m = CharRNN(7, 8, 16)
+    prompt = torch.randint(0, 7, (2, 3))
+    out = m.sample(prompt, 6, temperature=0.8, top_k=3, generator=torch.Generator().manual_seed(5))
+    g, ref = torch.Generator().manual_seed(5), []  # the same draws, step by step
+    with torch.no_grad():
+        logits, state = m.eval().step(prompt)
+        for _ in range(6):
+            nxt = sample_next(logits[:, -1], 0.8, 3, g)
+            ref.append(nxt)
+            logits, state = m.step(nxt, state)
+    assert torch.equal(out, torch.cat(ref, 1))
 
 
 def test_char_rnn_shapes_generation_and_bad_input():
-    v = CharVocab.from_text('abcdefg \n')
+    v = CharTokenizer.from_text('abcdefg \n')
     for cell in ('rnn', 'gru', 'lstm'):
         for impl in ('torch', 'ours'):
             m = CharRNN(len(v), 8, 16, 2, cell=cell, impl=impl)
@@ -216,7 +263,7 @@ def test_forecast_helpers():
 def test_date_pairs_and_seq2seq():
     pairs = date_pairs(300, seed=0)
     assert len({s for s, _ in pairs}) == 300
-    v = CharVocab.from_text(''.join(s for s, _ in pairs))
+    v = CharTokenizer.from_text(''.join(s for s, _ in pairs))
     ds = DatePairs(pairs, v)
     src, lengths, tgt = seq2seq_collate([ds[i] for i in range(8)])
     assert tgt.shape == (8, 12) and decode_target(tgt[0]) == pairs[0][1]
@@ -238,7 +285,7 @@ def test_seq2seq_learner_overrides_step():
     from bigmodel_book.data import DataLoaders
 
     pairs = date_pairs(256, seed=1)
-    v = CharVocab.from_text(''.join(s for s, _ in pairs))
+    v = CharTokenizer.from_text(''.join(s for s, _ in pairs))
     dls = DataLoaders.from_datasets(
         DatePairs(pairs[:192], v), DatePairs(pairs[192:], v), bs=32, collate_fn=seq2seq_collate
     )
@@ -251,37 +298,43 @@ def test_seq2seq_learner_overrides_step():
 
 
 @pytest.mark.parametrize(
-    'argv',
+    'recipe,cfg',
     [
-        ['--task', 'forecast', '--series', 'sunspots', '--epochs', '1', '--hidden', '8'],
-        [
-            '--task',
-            'charlm',
-            '--chars',
-            '20000',
-            '--eval-chars',
-            '4000',
-            '--epochs',
-            '1',
-            '--hidden',
-            '16',
-            '--seq-len',
-            '64',
-        ],
-        ['--task', 'seq2seq', '--pairs', '400', '--epochs', '1', '--hidden', '16'],
+        (train_forecaster, ForecastConfig(series='sunspots', epochs=1, hidden=8)),
+        (
+            train_charlm,
+            CharLMConfig(chars=20000, eval_chars=4000, epochs=1, hidden=16, seq_len=64),
+        ),
+        (train_seq2seq, Seq2SeqConfig(pairs=400, epochs=1, hidden=16)),
     ],
 )
-def test_cli(tmp_path, argv):
-    metrics = train_main(argv + ['--out', str(tmp_path), '--quiet', '--device', 'cpu'])
+def test_recipes(tmp_path, recipe, cfg):
+    cfg.out, cfg.quiet, cfg.device = tmp_path, True, 'cpu'
+    _, metrics = recipe(cfg)
     assert (tmp_path / 'model.safetensors').exists() and json.loads(
         (tmp_path / 'metrics.json').read_text()
     ) == metrics
     assert all(np.isfinite(v) for k, v in metrics.items() if isinstance(v, float))
 
 
-def test_cli_requires_task(tmp_path):
+def test_recipe_defaults_are_the_cli_defaults():
+    for cls in (ForecastConfig, CharLMConfig, Seq2SeqConfig):
+        c = cls()
+        assert (c.epochs, c.lr, c.bs, c.hidden) == (5, 3e-3, 64, 128)
+    assert ForecastConfig().series == 'sunspots' and Seq2SeqConfig().pairs == 20_000
+    assert (CharLMConfig().chars, CharLMConfig().seq_len, CharLMConfig().eval_chars) == (
+        500_000,
+        128,
+        0,
+    )
+
+
+@pytest.mark.parametrize('task', ['sequence', 'rnn'])
+def test_cli_requires_task(tmp_path, task):
+    from bigmodel_book.cli.core import main
+
     with pytest.raises(SystemExit):
-        train_main(['--out', str(tmp_path)])
+        main(['train', task, '--out', str(tmp_path)])
 
 
 @pytest.mark.gpu
