@@ -84,7 +84,9 @@ def test_only_rank_zero_writes(runs):
     root, _, _ = runs
     files = sorted(p.name for p in (root / 'ddp').iterdir())
     assert files == ['checkpoint', 'metrics.json', 'model.safetensors']
-    assert sorted(p.name for p in (root / 'ddp' / 'checkpoint').iterdir()) == [
+    ckpt = root / 'ddp' / 'checkpoint'  # one published folder: the last epoch (0-based 2 of 3)
+    assert sorted(p.name for p in ckpt.iterdir()) == ['epoch-000002']
+    assert sorted(p.name for p in (ckpt / 'epoch-000002').iterdir()) == [
         'manifest.json',
         'model.safetensors',
         'state.pt',

@@ -5,7 +5,6 @@ import json, shutil
 
 import pytest, torch
 
-from bigmodel_book.cli.core import main
 from bigmodel_book.lifecycle.export import (
     ModelDirError,
     builder_name,
@@ -186,6 +185,8 @@ def test_export_checkpoint(tmp_path):
 
 
 def test_export_main(tmp_path, capsys):
+    from bigmodel_book.cli.core import main
+
     torch.manual_seed(1)
     model = mlp(n_hidden=16)
     save_weights(model, tmp_path / 'run' / 'model.safetensors')

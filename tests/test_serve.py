@@ -5,7 +5,6 @@ import json, math
 
 import httpx, numpy as np, pytest, torch
 
-from bigmodel_book.cli.core import main
 from bigmodel_book.lifecycle.export import save_model_dir
 from bigmodel_book.lifecycle.serve import (
     RequestError,
@@ -155,6 +154,8 @@ def test_tampered_model_dir_refuses_to_start(model_dir, tmp_path):
 
 
 def test_serve_arguments(model_dir, capsys):
+    from bigmodel_book.cli.core import main
+
     with pytest.raises(ValueError, match='port'):
         serve_model_dir(model_dir[1], port=70000)
     assert main(['serve', '--model', str(model_dir[1]), '--port', '70000']) == 1

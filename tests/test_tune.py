@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import nn
 
-from bigmodel_book.cli.core import main
 from bigmodel_book.data.core import ArrayDataset, DataLoaders
 from bigmodel_book.lifecycle.finetune import (
     GradualUnfreezing,
@@ -153,6 +152,8 @@ def test_tune_study_resumes(tmp_path):
 
 
 def test_tune_cli_resumes(tmp_path, capsys):
+    from bigmodel_book.cli.core import main
+
     argv = ['tune', '--epochs', '1', '--out', str(tmp_path), '--device', 'cpu']
     assert main(argv + ['--trials', '2']) == 0
     assert main(argv + ['--trials', '3']) == 0
