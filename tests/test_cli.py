@@ -1,11 +1,12 @@
-"The command line: help at every level, a real training run through the console script, resume, clear errors."
+"""The command line: help at every level, a real training run through the console script, resume,
+clear errors."""
 
 import json, subprocess, sys
 from pathlib import Path
 
 import pytest
 
-from bigmodel_book.cli import COMMANDS, TRAIN_TASKS, main
+from bigmodel_book.cli.core import COMMANDS, TRAIN_TASKS, main
 
 EXE = str(Path(sys.executable).parent / 'bigmodel-book')
 

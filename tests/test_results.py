@@ -1,11 +1,12 @@
-"Every chapter in the book has recorded its headline numbers from a standard run, and they meet the goals its notebooks assert."
+"""Every chapter in the book has recorded its headline numbers from a standard run, and they meet
+the goals its notebooks assert."""
 
 import json, re
 from pathlib import Path
 
 import pytest
 
-from bigmodel_book.core import meets_goal
+from bigmodel_book.results import meets_goal
 
 ROOT = Path(__file__).resolve().parent.parent
 # notebook number prefix -> the results files its chapter writes

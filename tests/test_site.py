@@ -1,6 +1,7 @@
-"""The offline book site: built from the notebooks with no network, every notebook a page, no broken internal links,
-and pages that look like a book in a real browser (headless Chromium, network off): typeset maths, loaded figures,
-highlighted code, hidden cells hidden, sidebar links that resolve. Screenshots go to test-output/site/."""
+"""The offline book site: built from the notebooks with no network, every notebook a page, no
+broken internal links, and pages that look like a book in a real browser (headless Chromium,
+network off): typeset maths, loaded figures, highlighted code, hidden cells hidden, sidebar links
+that resolve. Screenshots go to test-output/site/."""
 
 import re, shutil, subprocess, sys
 from html.parser import HTMLParser
@@ -122,7 +123,11 @@ def test_pages_in_a_real_browser(site):
             'request',
             lambda r: external.append(r.url) if not r.url.startswith(('file:', 'data:')) else None,
         )
-        checks = {'index.html': 'front page', 'train.learner.html': 'formulas', 'data.core.html': 'plots'}
+        checks = {
+            'index.html': 'front page',
+            'train.learner.html': 'formulas',
+            'data.core.html': 'plots',
+        }
         for name, what in checks.items():
             page.goto((site / name).as_uri())
             page.wait_for_load_state('load')
@@ -130,14 +135,18 @@ def test_pages_in_a_real_browser(site):
                 const main = document.querySelector('main').cloneNode(true);
                 main.querySelectorAll('pre, code, math').forEach(e => e.remove());
                 const imgs = [...document.querySelectorAll('main img')];
-                return {text: main.innerText, maths: document.querySelectorAll('math').length,
-                        mathWidth: Math.max(0, ...[...document.querySelectorAll('math')].map(m => m.getBoundingClientRect().width)),
-                        images: imgs.length, loaded: imgs.filter(i => i.complete && i.naturalWidth > 0).length,
-                        nav: [...document.querySelectorAll('nav.sidebar a')].map(a => a.getAttribute('href')),
+                const maths = [...document.querySelectorAll('math')];
+                return {text: main.innerText, maths: maths.length,
+                        mathWidth: Math.max(0, ...maths.map(m => m.getBoundingClientRect().width)),
+                        images: imgs.length,
+                        loaded: imgs.filter(i => i.complete && i.naturalWidth > 0).length,
+                        nav: [...document.querySelectorAll('nav.sidebar a')]
+                            .map(a => a.getAttribute('href')),
                         title: document.title};
             }""")
             page.screenshot(path=str(SHOTS / f'{Path(name).stem}.png'))
-            assert not re.search(r'\$\$|(?<![\w$])\$[^$\s][^$\n]{0,80}\$(?![\w$])', info['text']), (
+            raw_maths = r'\$\$|(?<![\w$])\$[^$\s][^$\n]{0,80}\$(?![\w$])'
+            assert not re.search(raw_maths, info['text']), (
                 f'{name}: raw $...$ left in the text'
             )
             assert info['images'] == info['loaded'], (

@@ -1,10 +1,14 @@
-"""`make gpu-check`: on a CUDA machine, run every `gpu`-flagged notebook cell, every `gpu`-marked test and the GPU
-benchmarks in one go, then print one summary (passed, failed, throughput figures).
+"""`make gpu-check`: run the GPU notebook cells, tests and benchmarks on a CUDA machine.
 
-With BMB_REQUIRE_GPU=1 set here, a cell or test that would skip for lack of CUDA fails instead, so a green summary
-means the GPU paths really ran. Notebooks run at quick scale; benchmarks with `--device cuda`.
+Every `gpu`-flagged notebook cell, every `gpu`-marked test and the GPU benchmarks run in one go,
+then one summary is printed (passed, failed, throughput figures).
 
-usage: python tools/gpu_check.py [--skip-notebooks] [--skip-tests] [--skip-benchmarks] [--budget 480]
+With BMB_REQUIRE_GPU=1 set here, a cell or test that would skip for lack of CUDA fails instead, so
+a green summary means the GPU paths really ran. Notebooks run at quick scale; benchmarks with
+`--device cuda`.
+
+usage: python tools/gpu_check.py [--skip-notebooks] [--skip-tests] [--skip-benchmarks]
+                                 [--budget 480]
 """
 
 from __future__ import annotations
@@ -100,7 +104,8 @@ def main(argv=None) -> int:
         }
     passed, failed = sum(r['ok'] for r in results), sum(not r['ok'] for r in results)
     print(
-        f"\ngpu-check summary: {passed} passed, {failed} failed in {time.perf_counter() - start:.0f}s"
+        f"\ngpu-check summary: {passed} passed, {failed} failed"
+        f" in {time.perf_counter() - start:.0f}s"
     )
     for name, vals in figures.items():
         print(f"  {name}: " + ', '.join(f"{k}={v:.4g}" for k, v in vals.items()))

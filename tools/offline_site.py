@@ -1,9 +1,10 @@
 """Build the book's site into _docs/ without Quarto and without a network.
 
-The notebooks go through nbdev's own processing (`nbdev-proc-nbs`: hidden cells dropped, `show_doc` rendered,
-front matter made), then nbconvert's HTML exporter renders each one. This script only adds what Quarto would:
-the page shell with the sidebar of parts, maths typeset to MathML at build time (latex2mathml), links between
-notebooks rewritten to pages, and the cell options nbdev leaves behind (`#| echo: false`, `#| output: asis`).
+The notebooks go through nbdev's own processing (`nbdev-proc-nbs`: hidden cells dropped,
+`show_doc` rendered, front matter made), then nbconvert's HTML exporter renders each one. This
+script only adds what Quarto would: the page shell with the sidebar of parts, maths typeset to
+MathML at build time (latex2mathml), links between notebooks rewritten to pages, and the cell
+options nbdev leaves behind (`#| echo: false`, `#| output: asis`).
 
 usage: python tools/offline_site.py [--out _docs] [--no-proc]
 """
@@ -21,7 +22,7 @@ from pygments.formatters import HtmlFormatter
 ROOT = Path(__file__).resolve().parent.parent
 NBS, PROC = ROOT / 'nbs', ROOT / '_proc'
 
-# ---------------------------------------------------------------------------------------------- maths
+# -------------------------------------------------------------------------------------------- maths
 _CODE = re.compile(r'(```.*?```|~~~.*?~~~|`[^`\n]+`)', re.S)
 _DISPLAY = re.compile(r'\$\$(.+?)\$\$', re.S)
 _INLINE = re.compile(r'(?<![\\$\w])\$(?![\s$])((?:\\\$|[^$\n])+?)(?<![\s\\])\$(?![\w$])')
@@ -55,7 +56,7 @@ def typeset_math(md: str) -> str:
     return ''.join(parts)
 
 
-# ---------------------------------------------------------------------------------------------- pages
+# -------------------------------------------------------------------------------------------- pages
 def read_front_matter(nb) -> dict:
     "The YAML front matter nbdev puts in the first raw cell."
     for c in nb.cells[:2]:
@@ -93,7 +94,7 @@ _HREF = re.compile(r'href="([^"#]+?\.ipynb)(#[^"]*)?"')
 
 def rewrite_links(text: str, pages: dict[str, str]) -> str:
     text = _LINK.sub(
-        lambda m: f'](' + pages.get(Path(m.group(1)).name, m.group(1)) + (m.group(2) or '') + ')',
+        lambda m: '](' + pages.get(Path(m.group(1)).name, m.group(1)) + (m.group(2) or '') + ')',
         text,
     )
     return _HREF.sub(
@@ -152,7 +153,8 @@ def prepare(nb, pages: dict[str, str]):
 CELL_TEMPLATE = r"""{%- extends 'basic/index.html.j2' -%}
 {% block input_group -%}
 {%- if cell.metadata.get('echo', True) -%}
-{%- if cell.metadata.get('fold') -%}<details class="fold" open><summary>Exported source</summary>{{ super() }}</details>
+{%- if cell.metadata.get('fold') -%}
+<details class="fold" open><summary>Exported source</summary>{{ super() }}</details>
 {%- else -%}{{ super() }}{%- endif -%}
 {%- endif -%}
 {%- endblock input_group %}
@@ -173,9 +175,12 @@ def exporter() -> HTMLExporter:
 
 
 PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title} – {book}</title><link rel="stylesheet" href="site.css"><link rel="stylesheet" href="styles.css"></head>
-<body><header class="topbar"><a class="book" href="index.html">{book}</a><a class="repo" href="{repo}">source on GitHub</a></header>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title} – {book}</title>
+<link rel="stylesheet" href="site.css"><link rel="stylesheet" href="styles.css"></head>
+<body><header class="topbar"><a class="book" href="index.html">{book}</a><a class="repo"
+href="{repo}">source on GitHub</a></header>
 <div class="layout"><nav class="sidebar" aria-label="Parts and chapters">{nav}</nav>
 <main class="content"><h1 class="title">{title}</h1>{description}{body}
 <nav class="pager">{prev}{next}</nav></main></div></body></html>
@@ -186,44 +191,61 @@ def nav_html(entries, titles: dict[str, str], pages: dict[str, str], current: st
     out = []
     for section, items in entries:
         links = ''.join(
-            f'<li{" class=active" if nb == current else ""}><a href="{pages[nb]}">{html.escape(titles[nb])}</a></li>'
+            f'<li{" class=active" if nb == current else ""}>'
+            f'<a href="{pages[nb]}">{html.escape(titles[nb])}</a></li>'
             for nb in items
             if nb in pages
         )
-        out.append(
-            f'<div class="part">{"<h2>" + html.escape(section) + "</h2>" if section else ""}<ul>{links}</ul></div>'
-        )
+        heading = '<h2>' + html.escape(section) + '</h2>' if section else ''
+        out.append(f'<div class="part">{heading}<ul>{links}</ul></div>')
     return ''.join(out)
 
 
 SITE_CSS = """
-body{margin:0;font:16px/1.6 -apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;color:#212529;background:#fff}
-.topbar{position:sticky;top:0;z-index:2;display:flex;justify-content:space-between;align-items:center;padding:.6rem 1.2rem;background:#2780e3;color:#fff}
+body{margin:0;font:16px/1.6 -apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;
+  color:#212529;background:#fff}
+.topbar{position:sticky;top:0;z-index:2;display:flex;justify-content:space-between;
+  align-items:center;padding:.6rem 1.2rem;background:#2780e3;color:#fff}
 .topbar a{color:#fff;text-decoration:none}.topbar .book{font-weight:600;font-size:1.1rem}
 .layout{display:flex;max-width:1400px;margin:0 auto}
-.sidebar{flex:0 0 270px;padding:1rem;border-right:1px solid #e9ecef;font-size:.92rem;position:sticky;top:3rem;align-self:flex-start;max-height:calc(100vh - 3rem);overflow:auto}
-.sidebar h2{font-size:.8rem;text-transform:uppercase;letter-spacing:.05em;color:#6c757d;margin:1rem 0 .3rem}
-.sidebar ul{list-style:none;margin:0;padding:0}.sidebar li a{display:block;padding:.15rem .4rem;color:#343a40;text-decoration:none;border-radius:4px}
-.sidebar li.active a{background:#e7f1fc;color:#1a64b4;font-weight:600}.sidebar li a:hover{background:#f1f3f5}
+.sidebar{flex:0 0 270px;padding:1rem;border-right:1px solid #e9ecef;font-size:.92rem;
+  position:sticky;top:3rem;align-self:flex-start;max-height:calc(100vh - 3rem);overflow:auto}
+.sidebar h2{font-size:.8rem;text-transform:uppercase;letter-spacing:.05em;color:#6c757d;
+  margin:1rem 0 .3rem}
+.sidebar ul{list-style:none;margin:0;padding:0}
+.sidebar li a{display:block;padding:.15rem .4rem;color:#343a40;text-decoration:none;
+  border-radius:4px}
+.sidebar li.active a{background:#e7f1fc;color:#1a64b4;font-weight:600}
+.sidebar li a:hover{background:#f1f3f5}
 .content{flex:1;min-width:0;padding:1rem 2.5rem 3rem;max-width:980px}
 .content h1.title{margin-bottom:.2rem}.description{color:#6c757d;font-size:1.1rem;margin-top:0}
 pre,code{font-family:"DejaVu Sans Mono",Menlo,Consolas,monospace;font-size:.85rem}
-.jp-InputArea pre,.highlight pre{background:#f8f9fa;border:1px solid #e9ecef;border-radius:4px;padding:.6rem .8rem;overflow:auto}
+.jp-InputArea pre,.highlight pre{background:#f8f9fa;border:1px solid #e9ecef;border-radius:4px;
+  padding:.6rem .8rem;overflow:auto}
 .jp-OutputArea pre{padding:.3rem .8rem;margin:0;overflow:auto;border-left:3px solid #dee2e6}
 .jp-Cell{margin:0 0 1rem}.jp-OutputArea-output img{max-width:100%;height:auto}
 .jp-RenderedText[data-mime-type="application/vnd.jupyter.stderr"] pre{background:#fff5f5}
-table{border-collapse:collapse;margin:.5rem 0}th,td{border-bottom:1px solid #dee2e6;padding:.25rem .6rem;text-align:left;vertical-align:top}th{background:#f8f9fa}
+table{border-collapse:collapse;margin:.5rem 0}
+th,td{border-bottom:1px solid #dee2e6;padding:.25rem .6rem;text-align:left;vertical-align:top}
+th{background:#f8f9fa}
 table.dataframe td{text-align:right;font-variant-numeric:tabular-nums}
 details.fold>summary{cursor:pointer;color:#6c757d;font-size:.85rem}
-.math-display{overflow-x:auto;overflow-y:hidden;margin:.8rem 0;text-align:center}math[display=block]{font-size:1.1em}
-.math-error{color:#b00}.pager{display:flex;justify-content:space-between;margin-top:3rem;border-top:1px solid #e9ecef;padding-top:1rem}
+.math-display{overflow-x:auto;overflow-y:hidden;margin:.8rem 0;text-align:center}
+math[display=block]{font-size:1.1em}
+.math-error{color:#b00}
+.pager{display:flex;justify-content:space-between;margin-top:3rem;border-top:1px solid #e9ecef;
+  padding-top:1rem}
 hr{border:0;border-top:1px solid #dee2e6}
-@media (max-width:800px){.layout{display:block}.sidebar{position:static;max-height:none;border-right:0}.content{padding:1rem}}
+@media (max-width:800px){
+  .layout{display:block}.sidebar{position:static;max-height:none;border-right:0}
+  .content{padding:1rem}
+}
 """
 
 
 def build(out: Path, run_proc: bool = True) -> list[Path]:
-    if run_proc:  # nbdev's own processing, as `nbdev-proc-nbs` does it, but without its attempt to install Quarto
+    # nbdev's own processing, as `nbdev-proc-nbs` does it, but without its attempt to install Quarto
+    if run_proc:
         from nbdev.serve import proc_nbs
 
         proc_nbs(str(NBS), n_workers=2, force=True)

@@ -1,5 +1,6 @@
-"""Copy the front page's overview (nbs/index.ipynb: "What this book is" through the map of the book) into README.md,
-between the markers <!-- overview:start --> and <!-- overview:end -->, so the README never drifts from the book.
+"""Copy the front page's overview (nbs/index.ipynb: "What this book is" through the map of the
+book) into README.md, between the markers <!-- overview:start --> and <!-- overview:end -->, so the
+README never drifts from the book.
 
 usage: python tools/readme.py [--check]   (--check exits 1 if README.md is out of date)
 """

@@ -1,0 +1,124 @@
+"""The library's shape: arrows point down, argument parsing lives only in the CLI, and the wheel
+holds every subpackage (built, installed into a fresh virtual environment, every module
+imported)."""
+
+import ast, os, subprocess, sys, sysconfig, venv
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LIB = ROOT / 'bigmodel_book'
+SHIM = '# compatibility shim'
+
+# the floors of the library, bottom first; parts share one floor
+LAYERS = {'core': 0, 'results': 1, 'data': 2, 'train': 3, 'cli': 5}
+PARTS = {'vision', 'sequence', 'gan', 'speech', 'text', 'recsys', 'lifecycle'}
+ALLOWED = {('text', 'sequence')} | {('lifecycle', p) for p in PARTS}
+
+
+def modules() -> dict[str, Path]:
+    "Every generated module of the library (shims and the doc index left out), by dotted name."
+    found = {}
+    for path in sorted(LIB.rglob('*.py')):
+        text = path.read_text(encoding='utf-8')
+        if path.name in ('_modidx.py', '__init__.py') or SHIM in text:
+            continue
+        name = '.'.join(path.relative_to(ROOT).with_suffix('').parts)
+        found[name] = path
+    return found
+
+
+def imports(name: str, path: Path) -> set[str]:
+    "The bigmodel_book modules (and argparse) that a module imports."
+    out = set()
+    package = name.rsplit('.', 1)[0]
+    for node in ast.walk(ast.parse(path.read_text(encoding='utf-8'))):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split('.')[: len(package.split('.')) - node.level + 1]
+                target = '.'.join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ''
+            out.add(target)
+    return {m for m in out if m.startswith('bigmodel_book') or m == 'argparse'}
+
+
+def floor(module: str) -> tuple[int, str]:
+    "The layer of a module and its part (the first name below bigmodel_book)."
+    part = module.split('.')[1] if '.' in module else module
+    return (4 if part in PARTS else LAYERS[part]), part
+
+
+def test_layers_point_down():
+    wrong = []
+    for name, path in modules().items():
+        level, part = floor(name)
+        for target in imports(name, path) - {'argparse', 'bigmodel_book'}:
+            t_level, t_part = floor(target)
+            upward = t_level > level
+            sideways = t_level == level == 4 and t_part != part and (part, t_part) not in ALLOWED
+            if upward or sideways:
+                wrong.append(f'{name} imports {target}')
+    assert not wrong, 'imports against the layer order:\n' + '\n'.join(wrong)
+
+
+def test_argument_parsing_only_in_the_cli():
+    parsing = [n for n, p in modules().items() if 'argparse' in imports(n, p)]
+    assert parsing and all(n.startswith('bigmodel_book.cli.') for n in parsing), parsing
+
+
+def test_one_module_per_notebook():
+    "Each notebook exports to its own default module only, named after it."
+    import json
+
+    for nb in sorted((ROOT / 'nbs').glob('*.ipynb')):
+        cells = json.loads(nb.read_text(encoding='utf-8'))['cells']
+        code = [''.join(c['source']) for c in cells if c['cell_type'] == 'code']
+        default = [s.split()[2] for s in code if s.startswith('#| default_exp')]
+        others = [s.split('\n')[0] for s in code if s.startswith('#| export ')]
+        assert not others, f'{nb.name} exports to other modules: {others}'
+        if default:
+            stem = nb.stem.split('_', 1)[1]
+            assert stem == default[0], f'{nb.name} exports {default[0]}'
+
+
+@pytest.mark.slow
+def test_wheel_installs_and_imports_every_module(tmp_path):
+    dist = tmp_path / 'dist'
+    build = [sys.executable, '-m', 'pip', 'wheel', '--no-deps', '-q', '-w', str(dist), str(ROOT)]
+    subprocess.run(build, check=True, timeout=300, capture_output=True)
+    wheel = next(dist.glob('bigmodel_book-*.whl'))
+    env_dir = tmp_path / 'env'
+    venv.create(env_dir, with_pip=True)
+    py = env_dir / 'bin' / 'python'
+    # the fresh environment sees this one's third-party packages, but not the repository
+    site = Path(sysconfig.get_paths()['purelib'])
+    new_site = Path(
+        subprocess.check_output(
+            [py, '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])']
+        )
+        .decode()
+        .strip()
+    )
+    (new_site / 'deps.pth').write_text(str(site) + '\n')
+    install = [py, '-m', 'pip', 'install', '--no-deps', '-q', str(wheel)]
+    subprocess.run(install, check=True, timeout=300, capture_output=True)
+    names = sorted(n for n in modules())
+    code = (
+        'import importlib, bigmodel_book, pathlib\n'
+        f'assert pathlib.Path(bigmodel_book.__file__).is_relative_to({str(env_dir)!r})\n'
+        f'for n in {names!r}: importlib.import_module(n)\n'
+        'print("imported", len(' + repr(names) + '))'
+    )
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+    r = subprocess.run(
+        [py, '-c', code], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    cli = subprocess.run(
+        [env_dir / 'bin' / 'bigmodel-book', '--help'], capture_output=True, text=True
+    )
+    assert cli.returncode == 0 and 'train' in cli.stdout
