@@ -118,7 +118,8 @@ def _lines(table: dict[str, str]) -> str:
 def _getattr_src(old: str, table: dict[str, str], warn: bool) -> str:
     warning = (
         "    warnings.warn(\n"
-        f"        f\"bigmodel_book.{old}.{{name}} is now bigmodel_book.{{_MOVED[name].replace(':', '.')}}\"\n"
+        "        f\"bigmodel_book.OLD.{name} is now \"\n".replace('OLD', old)
+        + "        f\"bigmodel_book.{_MOVED[name].replace(':', '.')}\"\n"
         "        \"; the old path works for one release.\",\n"
         "        DeprecationWarning,\n"
         "        stacklevel=2,\n"

@@ -23,7 +23,8 @@ def __getattr__(name: str):
     if name not in _MOVED:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     warnings.warn(
-        f"bigmodel_book.vision.{name} is now bigmodel_book.{_MOVED[name].replace(':', '.')}"
+        f"bigmodel_book.vision.{name} is now "
+        f"bigmodel_book.{_MOVED[name].replace(':', '.')}"
         "; the old path works for one release.",
         DeprecationWarning,
         stacklevel=2,
