@@ -58,3 +58,22 @@ def test_bad_input_gives_one_line_errors(tmp_path):
 def test_info_runs():
     r = run('info')
     assert r.returncode == 0 and 'torch' in r.stdout and 'device' in r.stdout
+
+
+def test_out_that_is_a_file_is_one_line(tmp_path):
+    f = tmp_path / 'taken'
+    f.write_text('x')
+    r = run('train', 'digits', '--epochs', '1', '--out', str(f), '--quiet')
+    assert r.returncode == 1 and 'Traceback' not in r.stderr and 'is a file' in r.stderr
+
+
+def test_errors_under_torchrun_come_once_from_rank_zero(tmp_path):
+    import os
+
+    args = [EXE, 'train', 'digits', '--device', 'tpu', '--out', str(tmp_path)]
+    ranks = {}
+    for rank in ('0', '1'):
+        env = {**os.environ, 'RANK': rank}
+        ranks[rank] = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
+    assert ranks['0'].returncode == ranks['1'].returncode == 1
+    assert "'tpu'" in ranks['0'].stderr and ranks['1'].stderr.strip() == ''

@@ -23,6 +23,7 @@ from bigmodel_book.train.learner import (
     CheckpointError,
     Learner,
     LossInputError,
+    ModelInputError,
     NonFiniteLossError,
     accuracy,
     mlp,
@@ -267,3 +268,30 @@ def test_cuda_amp_training_and_resume(tmp_path):
         run([MixedPrecision('fp16'), Checkpoint(tmp_path), StopAfter(2)]).fit(3)
     resumed = run([MixedPrecision('fp16'), Checkpoint(tmp_path)]).fit(3)
     assert resumed.epoch == 2 and resumed.scaler is not None
+
+
+def test_predict_converts_arrays_and_lists():
+    learn = make_learner()
+    x = np.random.default_rng(0).random((5, 64))  # float64
+    out = learn.predict(x)
+    assert out.shape == (5, 10) and out.dtype == torch.float32
+    assert torch.allclose(learn.predict(x.tolist()), out)
+    with pytest.raises(ModelInputError, match='nested list of numbers'):
+        learn.predict([[1.0, 2.0], ['a', None]])
+
+
+def test_wrong_inputs_name_what_the_model_expects():
+    learn = make_learner()
+    with pytest.raises(ModelInputError, match=r'shape \(3, 65\).*64 features'):
+        learn.predict(torch.zeros(3, 65))
+    x, y = torch.randn(32, 63), torch.randint(0, 10, (32,))
+    bad = DataLoaders.from_datasets(ArrayDataset(x, y), ArrayDataset(x, y), bs=8, device='cpu')
+    with pytest.raises(ModelInputError, match='64 features'):
+        Learner(mlp(), bad, nn.CrossEntropyLoss(), quiet=True).fit(1)
+    with pytest.raises(ModelInputError, match='64 features'):
+        learn.evaluate(bad.valid)
+
+
+def test_unknown_schedule_lists_the_schedules():
+    with pytest.raises(ValueError, match=r"'linear'.*cosine.*one_cycle"):
+        make_learner().fit(1, sched='linear')

@@ -193,17 +193,16 @@ def test_recipe_defaults_per_model():
 
 
 def test_cli(tmp_path):
-    from bigmodel_book.cli.core import main
+    from bigmodel_book.cli.commands import train_recsys_main
 
-    res = main(
-        ['train', 'recsys', '--model', 'mf', '--epochs', '1', '--out', str(tmp_path)]
-        + ['--quiet', '--device', 'cpu']
+    res = train_recsys_main(
+        ['--model', 'mf', '--epochs', '1', '--out', str(tmp_path), '--quiet', '--device', 'cpu']
     )
     assert (tmp_path / 'model.safetensors').exists() and res['test_rmse'] < 1.2
 
 
 def test_cli_bad_model(tmp_path):
-    from bigmodel_book.cli.core import main
+    from bigmodel_book.cli.commands import train_recsys_main
 
     with pytest.raises(SystemExit):
-        main(['train', 'recsys', '--model', 'svd', '--out', str(tmp_path)])
+        train_recsys_main(['--model', 'svd', '--out', str(tmp_path)])

@@ -313,20 +313,20 @@ def test_recipe_defaults_are_the_chapters_standard_run():
 
 
 def test_cli_train_and_transcribe(tmp_path, word):
-    from bigmodel_book.cli.core import main
+    from bigmodel_book.cli.commands import train_speech_main, transcribe_main
 
     out = tmp_path / 'kws'
-    m = main(
-        ['train', 'speech', '--task', 'kws', '--epochs', '1', '--n-train', '1', '--n-test', '1']
+    m = train_speech_main(
+        ['--task', 'kws', '--epochs', '1', '--n-train', '1', '--n-test', '1']
         + ['--out', str(out), '--quiet']
     )
     assert m['task'] == 'kws' and (out / 'model.safetensors').exists()
     sf.write(tmp_path / 'w.wav', word.numpy(), 16000)
-    assert isinstance(main(['transcribe', str(tmp_path / 'w.wav'), '--model', str(out)]), str)
+    assert isinstance(transcribe_main([str(tmp_path / 'w.wav'), '--model', str(out)]), str)
     with pytest.raises(FileNotFoundError, match='train speech'):
-        main(['transcribe', str(tmp_path / 'w.wav'), '--model', str(tmp_path / 'none')])
+        transcribe_main([str(tmp_path / 'w.wav'), '--model', str(tmp_path / 'none')])
     with pytest.raises(SystemExit):
-        main(['train', 'speech', '--task', 'asr'])
+        train_speech_main(['--task', 'asr'])
 
 
 @pytest.mark.gpu

@@ -7,7 +7,7 @@ Docs: https://bigmodel-book.github.io/bigmodel-book/cli.core.html.md"""
 
 # %% ../../nbs/90_cli.core.ipynb #ff870a3d
 from __future__ import annotations
-import argparse, dataclasses, importlib, json, platform, sys, warnings
+import argparse, dataclasses, importlib, json, os, platform, sys, warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -203,6 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _load(target)(rest)
     except (ValueError, OSError, ModuleNotFoundError, RuntimeError) as e:
-        print(f"bigmodel-book: error: {e}", file=sys.stderr)
+        if os.environ.get('RANK', '0') == '0':  # under torchrun: one message, from rank 0
+            print(f"bigmodel-book: error: {e}", file=sys.stderr)
         return 1
     return 0

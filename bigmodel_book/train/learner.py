@@ -10,6 +10,7 @@ import math, os, time
 from contextlib import contextmanager, nullcontext
 from typing import Callable, Iterable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -19,10 +20,10 @@ from ..data.core import ArrayDataset, DataLoaders
 
 # %% auto #0
 __all__ = ['EVENTS', 'SCHEDULES', 'CancelFit', 'CancelEpoch', 'CancelBatch', 'NonFiniteLossError',
-           'LossInputError', 'CheckpointError', 'Callback', 'accuracy', 'top_k_accuracy',
-           'mse', 'rmse', 'mae', 'sched_one_cycle', 'sched_cosine', 'sched_constant',
-           'unwrap', 'evaluating', 'to_device', 'is_main_process', 'Learner', 'Recorder',
-           'ProgressBar', 'mlp']
+           'LossInputError', 'CheckpointError', 'ModelInputError', 'Callback', 'accuracy',
+           'top_k_accuracy', 'mse', 'rmse', 'mae', 'sched_one_cycle', 'sched_cosine',
+           'sched_constant', 'unwrap', 'evaluating', 'forward', 'to_device',
+           'is_main_process', 'Learner', 'Recorder', 'ProgressBar', 'mlp']
 
 # %% ../../nbs/03_train.learner.ipynb #c47740e6
 class CancelFit(Exception):
@@ -47,6 +48,10 @@ class LossInputError(ValueError):
 
 class CheckpointError(RuntimeError):
     "A checkpoint is missing, damaged or belongs to a different model."
+
+
+class ModelInputError(ValueError):
+    "The inputs do not fit the model (wrong feature count, shape or dtype)."
 
 
 EVENTS = (
@@ -166,6 +171,34 @@ def evaluating(model: nn.Module):
         yield model
     finally:
         model.train(was_training)
+
+
+_INPUT_HINTS = ('cannot be multiplied', 'size mismatch', 'expected input', 'Expected', 'dtype',
+                'must match the size', 'channels', 'Input type', 'Found dtype')
+
+
+def _expects(model: nn.Module) -> str:
+    "What the first layer of `model` takes, in words, for error messages."
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            return f"the first layer is {m} (inputs of {m.in_features} features)"
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            return f"the first layer is {m} (inputs of {m.in_channels} channels)"
+        if isinstance(m, nn.Embedding):
+            return f"the first layer is {m} (integer ids below {m.num_embeddings})"
+    return f"see {type(model).__name__}'s forward"
+
+
+def forward(model: nn.Module, xb: Sequence) -> torch.Tensor:
+    "`model(*xb)`; inputs that do not fit raise `ModelInputError` naming what the model expects."
+    try:
+        return model(*xb)
+    except (RuntimeError, IndexError) as e:
+        if not any(h in str(e) for h in _INPUT_HINTS):
+            raise
+        given = ', '.join(_fmt(x) for x in xb)
+        msg = f"The model could not take inputs of {given}: {e}. Expected: {_expects(model)}."
+        raise ModelInputError(msg) from e
 
 
 def to_device(batch, device: torch.device, non_blocking: bool = False):
@@ -350,7 +383,7 @@ class Learner:
         "One training step on `batch`: forward, loss, backward, step; override to change it."
         self.xb, self.yb = self.split_batch(batch)
         with self.autocast():
-            self.pred = self.model(*self.xb)
+            self.pred = forward(self.model, self.xb)
             self.loss = self.compute_loss(self.pred, self.yb)
         self('after_loss')
         self.backward_step(self.loss)
@@ -359,7 +392,7 @@ class Learner:
         "Loss, prediction and target of one evaluation batch; override together with `train_step`."
         xb, yb = self.split_batch(batch)
         with self.autocast():
-            pred = self.model(*xb)
+            pred = forward(self.model, xb)
             return self.compute_loss(pred, yb), pred, yb
 
     # the loop -----------------------------------------------------------------------------
@@ -455,6 +488,8 @@ class Learner:
     def predict(self, x, bs: int = 256) -> torch.Tensor:
         "Model outputs (on the CPU) for a tensor, array, Dataset or DataLoader of inputs."
         raw = not isinstance(x, (Dataset, DataLoader))
+        if raw:
+            x = self._as_inputs(x)
         if isinstance(x, DataLoader):
             dl = x
         else:
@@ -468,10 +503,23 @@ class Learner:
             else:
                 xb = batch if raw or len(batch) == 1 else self.split_batch(batch)[0]
             with self.autocast():
-                outs.append(self.model(*xb).float().cpu())
+                outs.append(forward(self.model, xb).float().cpu())
         if not outs:
             raise ValueError("predict got no inputs.")
         return torch.cat(outs)
+
+    def _as_inputs(self, x) -> torch.Tensor:
+        "A tensor from a tensor, array or nested list; floats in the model's float dtype."
+        try:
+            x = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x)
+        except (TypeError, ValueError, RuntimeError) as e:
+            kind = type(x).__name__
+            msg = f"predict needs a tensor, an array or a nested list of numbers; got {kind}: {e}"
+            raise ModelInputError(msg) from None
+        floats = [p.dtype for p in self.model.parameters() if p.is_floating_point()]
+        if x.is_floating_point() and floats and x.dtype != floats[0]:
+            x = x.to(floats[0])
+        return x
 
     def __repr__(self):
         names = [c.name for c in self.cbs]
