@@ -63,3 +63,22 @@ def test_recorded_numbers_meet_their_goals(path):
         if not meets_goal(r)
     ]
     assert not failing, f'{path.name}: {failing}'
+
+
+def test_results_page_counts_match_the_recorded_files():
+    "The committed Results page shows, per chapter, the rows and the goals met of results/*.json."
+    nb = json.loads((ROOT / 'nbs' / '99_results.all.ipynb').read_text(encoding='utf-8'))
+    tables = [
+        ''.join(o['data']['text/markdown'])
+        for c in nb['cells']
+        for o in c.get('outputs', [])
+        if 'text/markdown' in o.get('data', {})
+    ]
+    overview = [line.strip('| ').split(' | ') for line in tables[0].splitlines()[2:]]
+    shown = {row[0]: (int(row[1]), row[5]) for row in overview}
+    for path in sorted((ROOT / 'results').glob('*.json')):
+        doc = json.loads(path.read_text())
+        with_goal = [r for r in doc['rows'] if r.get('goal') is not None]
+        met = f"{sum(meets_goal(r) for r in with_goal)}/{len(with_goal)}" if with_goal else '-'
+        assert shown[doc['chapter']] == (len(doc['rows']), met), doc['chapter']
+    assert not any('(baseline) (baseline)' in t for t in tables)

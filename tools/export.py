@@ -115,24 +115,33 @@ def _lines(table: dict[str, str]) -> str:
     return '{\n' + '\n'.join(rows) + '\n}' if rows else '{}'
 
 
+COMPAT = f'''"""Forwarding for the first edition's import paths, for one release."""
+{SHIM}
+import importlib
+import warnings
+
+
+def forwarder(old: str, moved: dict[str, str], warn_each: bool):
+    "A module `__getattr__` that finds each moved name of `old` where it lives now."
+
+    def __getattr__(name: str):
+        if name not in moved:
+            raise AttributeError(f"module 'bigmodel_book.{{old}}' has no attribute {{name!r}}")
+        module, new = moved[name].split(':')
+        if warn_each:
+            msg = f"bigmodel_book.{{old}}.{{name}} is now bigmodel_book.{{module}}.{{new}}"
+            warnings.warn(msg + "; the old path works for one release.", DeprecationWarning, 2)
+        return getattr(importlib.import_module(f'bigmodel_book.{{module}}'), new)
+
+    return __getattr__
+'''
+
+
 def _getattr_src(old: str, table: dict[str, str], warn: bool) -> str:
-    warning = (
-        "    warnings.warn(\n"
-        "        f\"bigmodel_book.OLD.{name} is now \"\n".replace('OLD', old)
-        + "        f\"bigmodel_book.{_MOVED[name].replace(':', '.')}\"\n"
-        "        \"; the old path works for one release.\",\n"
-        "        DeprecationWarning,\n"
-        "        stacklevel=2,\n"
-        "    )\n"
-    )
     return (
-        f"_MOVED = {_lines(table)}\n\n\n"
-        "def __getattr__(name: str):\n"
-        "    if name not in _MOVED:\n"
-        "        raise AttributeError(f\"module {__name__!r} has no attribute {name!r}\")\n"
-        + (warning if warn else '')
-        + "    module, new = _MOVED[name].split(':')\n"
-        + "    return getattr(importlib.import_module(f'bigmodel_book.{module}'), new)\n"
+        "from bigmodel_book._compat import forwarder\n\n"
+        f"_MOVED = {_lines(table)}\n"
+        f"__getattr__ = forwarder({old!r}, _MOVED, warn_each={warn})\n"
     )
 
 
@@ -143,7 +152,6 @@ def package_init(pkg: str) -> str:
     parts += [f"from .{m} import *  # noqa: F401,F403\n" for m in mods]
     old = moved_names(pkg, OLD.get(pkg, []))
     if old and not mods:
-        parts.insert(2, "import importlib\nimport warnings\n\n")
         parts.append('\n' + _getattr_src(pkg, old, warn=True))
     return ''.join(parts)
 
@@ -155,7 +163,7 @@ def shim(old: str, modules: list[str]) -> str:
     return (
         f'"""{doc}"""\n'
         f"{SHIM}\n"
-        "import importlib\nimport warnings\n\n"
+        "import warnings\n\n"
         f"_WHERE = ', '.join({pformat(modules, width=WIDTH - 20)})\n"
         f"_MESSAGE = f'bigmodel_book.{old} moved to bigmodel_book.{{_WHERE}}'\n"
         "warnings.warn(_MESSAGE, DeprecationWarning, stacklevel=2)\n\n"
@@ -165,6 +173,7 @@ def shim(old: str, modules: list[str]) -> str:
 
 def write_packages():
     "Write every subpackage's `__init__.py` and a shim for each first-edition module."
+    (LIB / '_compat.py').write_text(COMPAT, encoding='utf-8')
     for pkg in PACKAGES:
         if (LIB / pkg).is_dir():
             (LIB / pkg / '__init__.py').write_text(package_init(pkg), encoding='utf-8')
