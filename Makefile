@@ -47,8 +47,9 @@ test: export lint
 	$(TEST_ENV) $(BIN)/python -m pytest -q
 	$(TEST_ENV) $(BIN)/nbdev-test --n-workers 2 --timing
 
+# JupyterLab refuses root unless told; containers and CI run as root. It prints the URL with its token.
 lab: install
-	$(BIN)/jupyter lab nbs
+	$(BIN)/jupyter lab nbs $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 gpu-check: export
 	$(BIN)/python tools/gpu_check.py

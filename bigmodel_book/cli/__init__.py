@@ -4,7 +4,9 @@
 from bigmodel_book._compat import forwarder
 
 _MOVED = {
+    'CARRIERS': 'cli.core:CARRIERS',
     'COMMANDS': 'cli.core:COMMANDS',
+    'EXTRAS': 'cli.core:EXTRAS',
     'TASK_ALIASES': 'cli.core:TASK_ALIASES',
     'TRAIN_TASKS': 'cli.core:TRAIN_TASKS',
     'config_from_args': 'cli.core:config_from_args',

