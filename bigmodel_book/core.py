@@ -15,7 +15,7 @@ import torch
 
 # %% auto #0
 __all__ = ['SCALES', 'get_device', 'require_gpu', 'set_seed', 'environ', 'get_scale', 'by_scale',
-           'cache_dir', 'sha256sum', 'download', 'Timer']
+           'cache_dir', 'sha256sum', 'download', 'require', 'Timer']
 
 # %% ../nbs/01_core.ipynb #05ab6c99
 _DEVICE_HELP = "Use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps' (or set BMB_DEVICE)."
@@ -174,6 +174,19 @@ def download(
         if os.path.exists(tmp):
             os.remove(tmp)
     return dest
+
+# %% ../nbs/01_core.ipynb #71e4bdca
+def require(package: str, extra: str):
+    "Import and return `package`, or fail naming the `pip install 'bigmodel-book[extra]'` it needs."
+    import importlib
+
+    try:
+        return importlib.import_module(package)
+    except ModuleNotFoundError as e:
+        if e.name != package.split('.')[0]:
+            raise
+        msg = f"This needs the optional package {package!r}: pip install 'bigmodel-book[{extra}]'"
+        raise ModuleNotFoundError(msg, name=e.name) from None
 
 # %% ../nbs/01_core.ipynb #a1cddb54
 class Timer:
