@@ -9,15 +9,21 @@ warnings.warn(_MESSAGE, DeprecationWarning, stacklevel=2)
 from bigmodel_book._compat import forwarder
 
 _MOVED = {
+    'BUILDERS': 'lifecycle.export:BUILDERS',
     'FORMAT': 'lifecycle.export:FORMAT',
+    'INPUT_DTYPES': 'lifecycle.export:INPUT_DTYPES',
+    'MAX_INPUT_NUMEL': 'lifecycle.export:MAX_INPUT_NUMEL',
     'ModelDirError': 'lifecycle.export:ModelDirError',
     'builder_name': 'lifecycle.export:builder_name',
+    'check_model': 'lifecycle.export:check_model',
+    'config_digest': 'lifecycle.export:config_digest',
     'export_checkpoint': 'lifecycle.export:export_checkpoint',
     'export_onnx': 'lifecycle.export:export_onnx',
     'export_program': 'lifecycle.export:export_program',
     'load_model_dir': 'lifecycle.export:load_model_dir',
     'onnx_max_diff': 'lifecycle.export:onnx_max_diff',
     'read_config': 'lifecycle.export:read_config',
+    'register_builder': 'lifecycle.export:register_builder',
     'resolve_builder': 'lifecycle.export:resolve_builder',
     'save_model_dir': 'lifecycle.export:save_model_dir',
 }

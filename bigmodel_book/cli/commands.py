@@ -416,7 +416,7 @@ def tune_main(argv: Sequence[str] | None = None) -> dict:
 
 def export_main(argv: Sequence[str] | None = None) -> Path:
     "`bigmodel-book export`: write trained weights as a verified model directory."
-    from bigmodel_book.lifecycle.export import export_checkpoint
+    from bigmodel_book.lifecycle.export import BUILDERS, export_checkpoint
 
     p = argparse.ArgumentParser(
         prog='bigmodel-book export',
@@ -434,7 +434,7 @@ def export_main(argv: Sequence[str] | None = None) -> Path:
     p.add_argument(
         '--builder',
         required=True,
-        help="class or function that builds the model, e.g. 'bigmodel_book.vision.models:LeNet5'",
+        help='a registered model constructor: ' + ', '.join(sorted(BUILDERS)),
     )
     p.add_argument('--kwargs', default='{}', help='constructor arguments as a JSON object')
     p.add_argument(

@@ -7,7 +7,7 @@ Docs: https://bigmodel-book.github.io/bigmodel-book/lifecycle.export.html.md"""
 
 # %% ../../nbs/74_lifecycle.export.ipynb #be29545b
 from __future__ import annotations
-import importlib, json, re, time, warnings
+import hashlib, importlib, json, math, re, time, warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -20,42 +20,68 @@ from ..train.checkpoint import load_weights, save_weights
 from ..train.learner import CheckpointError, unwrap
 
 # %% auto #0
-__all__ = ['FORMAT', 'ModelDirError', 'builder_name', 'resolve_builder', 'export_program',
-           'export_onnx', 'onnx_max_diff', 'save_model_dir', 'read_config',
-           'load_model_dir', 'export_checkpoint']
+__all__ = ['FORMAT', 'BUILDERS', 'INPUT_DTYPES', 'MAX_INPUT_NUMEL', 'ModelDirError',
+           'register_builder', 'builder_name', 'resolve_builder', 'export_program',
+           'export_onnx', 'onnx_max_diff', 'check_model', 'config_digest',
+           'save_model_dir', 'read_config', 'load_model_dir', 'export_checkpoint']
 
 # %% ../../nbs/74_lifecycle.export.ipynb #24fe0843
-FORMAT = 'bigmodel-book model v1'
-_BUILDER_RE = re.compile(r'^bigmodel_book(\.[A-Za-z_][A-Za-z0-9_]*)+:[A-Za-z_][A-Za-z0-9_]*$')
+FORMAT = 'bigmodel-book model v2'
+_NAME_RE = re.compile(r'^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$', re.ASCII)
+BUILDERS: set[str] = {
+    'bigmodel_book.train.learner:mlp',
+    'bigmodel_book.vision.models:LeNet5',
+    'bigmodel_book.vision.models:ResNet',
+}
 
 
 class ModelDirError(ValueError):
-    """A model directory is missing, damaged, tampered with, or names a builder that may not be
-    loaded."""
+    """A model directory is missing, damaged, tampered with, inconsistent with its model, or names
+    a builder that may not be loaded."""
+
+
+def _name_of(obj) -> str:
+    return f"{obj.__module__}:{obj.__qualname__}"
+
+
+def register_builder(builder: str | Callable) -> str | Callable:
+    """Let model directories name `builder` ('module:Name', or the class or function itself; usable
+    as a decorator)."""
+    name = builder if isinstance(builder, str) else _name_of(builder)
+    if not _NAME_RE.match(name):
+        raise ValueError(
+            f"Cannot register {name!r}: a builder is 'module:Name', "
+            "a class or function defined at the top level of an importable module."
+        )
+    BUILDERS.add(name)
+    return builder
 
 
 def builder_name(model: nn.Module) -> str:
-    """The 'module:Class' name that rebuilds `model`; only classes defined in the `bigmodel_book`
-    package qualify."""
-    cls = type(unwrap(model))
-    name = f"{cls.__module__}:{cls.__qualname__}"
-    if not _BUILDER_RE.match(name):
+    "The registered 'module:Class' name that rebuilds `model`."
+    name = _name_of(type(unwrap(model)))
+    if name not in BUILDERS:
         raise ModelDirError(
-            f"{name} is not a bigmodel_book class; pass builder='bigmodel_book.<module>:<name>' "
-            "(a class or function of the book) that builds this model."
+            f"{name} is not a bigmodel_book class registered as a model builder; pass "
+            f"builder= one of {sorted(BUILDERS)}, or register_builder(YourClass) first."
+        )
+    return name
+
+
+def _check_builder(name) -> str:
+    if not isinstance(name, str) or name not in BUILDERS:
+        raise ModelDirError(
+            f"Refusing builder {repr(name)[:80]}: a model directory may only name a registered "
+            f"model constructor ({', '.join(sorted(BUILDERS))}); "
+            "register_builder('module:Name') adds your own."
         )
     return name
 
 
 def resolve_builder(name: str) -> Callable[..., nn.Module]:
-    """Import the class or function `name` ('bigmodel_book.<module>:<Name>'); anything outside the
-    package is refused."""
-    if not isinstance(name, str) or not _BUILDER_RE.match(name):
-        raise ModelDirError(
-            f"Refusing builder {name!r}: only 'bigmodel_book.<module>:<Name>' "
-            "may be loaded from a model directory."
-        )
-    module, attr = name.split(':')
+    """Import the registered model constructor `name` ('module:Name'); any other name is refused
+    before anything is imported."""
+    module, attr = _check_builder(name).split(':')
     try:
         fn = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as e:
@@ -117,17 +143,103 @@ def onnx_max_diff(path: str | Path, model: nn.Module, x: torch.Tensor) -> float:
         want = model(x.to(next(model.parameters()).device)).float().cpu().numpy()
     return float(np.abs(got - want).max())
 
-# %% ../../nbs/74_lifecycle.export.ipynb #ba4cb83a
+# %% ../../nbs/74_lifecycle.export.ipynb #c7e2a9d4
+INPUT_DTYPES = ('float32', 'float64', 'float16', 'int64', 'int32', 'int16', 'int8', 'uint8')
+MAX_INPUT_NUMEL = 1 << 26  # elements in one input: 256 MiB of float32
+
+
+def _one_line(e: Exception, n: int = 200) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:n]
+
+
 def _check_shape(input_shape) -> list[int]:
-    shape = list(input_shape)
-    if not shape or not all(isinstance(s, (int, np.integer)) and s > 0 for s in shape):
+    ok = isinstance(input_shape, (list, tuple)) and len(input_shape) > 0
+    ok = ok and all(
+        isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0 for s in input_shape
+    )
+    if not ok:
         raise ValueError(
             "input_shape must be a non-empty list of positive integers "
-            f"(one item's shape, without the batch), got {input_shape!r}."
+            f"(one item's shape, without the batch), got {repr(input_shape)[:80]}."
         )
-    return [int(s) for s in shape]
+    if math.prod(input_shape) > MAX_INPUT_NUMEL:
+        raise ValueError(
+            f"input_shape {list(input_shape)} has more than {MAX_INPUT_NUMEL} elements per input."
+        )
+    return [int(s) for s in input_shape]
 
 
+def _check_dtype(input_dtype) -> torch.dtype:
+    if input_dtype not in INPUT_DTYPES:
+        raise ValueError(
+            f"input_dtype must be one of {', '.join(INPUT_DTYPES)}, got {repr(input_dtype)[:40]}."
+        )
+    return getattr(torch, input_dtype)
+
+
+def _check_labels(labels) -> list[str] | None:
+    if labels is None:
+        return None
+    if isinstance(labels, (str, dict)) or not all(isinstance(s, str) for s in labels):
+        raise ValueError(
+            "labels must be a list of strings, one per output in order (or null), "
+            f"got {repr(labels)[:80]}."
+        )
+    return list(labels)
+
+
+def check_model(
+    model: nn.Module, input_shape: Sequence[int], input_dtype: str = 'float32', labels=None
+) -> torch.Size:
+    """Run `model` once on a batch of 2 zero inputs of the declared shape and dtype; the labels
+    must be one per output. Returns the output's shape."""
+    shape, dtype = _check_shape(input_shape), _check_dtype(input_dtype)
+    labels = _check_labels(labels)
+    param = next(iter(model.parameters()), None)
+    x = torch.zeros(2, *shape, dtype=dtype, device=param.device if param is not None else 'cpu')
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as e:  # any error of the model's forward pass on the declared input
+        raise ValueError(
+            f"a forward pass on input_shape {shape} and input_dtype {input_dtype!r} fails "
+            f"({type(e).__name__}: {_one_line(e)})."
+        ) from None
+    if not isinstance(out, torch.Tensor) or out.ndim < 1 or out.shape[0] != 2:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"the model must return a tensor (batch, ...); for 2 inputs: {got}.")
+    if labels is not None and (out.ndim != 2 or out.shape[1] != len(labels)):
+        raise ValueError(
+            f"labels has {len(labels)} names but the model's output is {tuple(out.shape[1:])} "
+            "per input; give one label per output, in order."
+        )
+    return out.shape
+
+
+def config_digest(config: dict) -> str:
+    """SHA-256 of `config` without its `config_sha256` field, as canonical JSON (sorted keys, no
+    spaces)."""
+    body = {k: v for k, v in config.items() if k != 'config_sha256'}
+    text = json.dumps(body, sort_keys=True, separators=(',', ':'))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _build(builder: str, kwargs) -> nn.Module:
+    if not isinstance(kwargs, dict):
+        raise ModelDirError(f"kwargs must be a JSON object (a dict), got {repr(kwargs)[:80]}.")
+    fn = resolve_builder(builder)
+    try:
+        model = fn(**kwargs)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as e:
+        raise ModelDirError(
+            f"{builder}(**{repr(kwargs)[:80]}) fails ({_one_line(e)}); "
+            "kwargs must be the constructor arguments of the model."
+        ) from None
+    if not isinstance(model, nn.Module):
+        raise ModelDirError(f"{builder} returned a {type(model).__name__}, not an nn.Module.")
+    return model
+
+# %% ../../nbs/74_lifecycle.export.ipynb #ba4cb83a
 def save_model_dir(
     model: nn.Module,
     path: str | Path,
@@ -141,15 +253,14 @@ def save_model_dir(
     extra: dict | None = None,
 ) -> Path:
     """Write `model` as a model directory: safetensors weights, optional ONNX/torch.export graphs,
-    and config.json with SHA-256s."""
+    and config.json with the SHA-256 of every file and of itself."""
     path, model = Path(path), unwrap(model).eval()
     builder = builder or builder_name(model)
     kwargs, shape = dict(kwargs or {}), _check_shape(input_shape)
+    labels = _check_labels(labels)
     if unknown := set(formats) - {'onnx', 'pt2'}:
         raise ValueError(f"Unknown export formats {sorted(unknown)}; use 'onnx' and/or 'pt2'.")
-    rebuilt = resolve_builder(builder)(
-        **kwargs
-    )  # fail now, not at load time, if the builder and kwargs do not fit
+    rebuilt = _build(builder, kwargs)  # fail now, not at load time, if builder and kwargs misfit
     if [tuple(v.shape) for v in rebuilt.state_dict().values()] != [
         tuple(v.shape) for v in model.state_dict().values()
     ]:
@@ -157,6 +268,7 @@ def save_model_dir(
             f"{builder}(**{kwargs}) does not build a model with the same tensors as the one "
             "given; pass the constructor arguments used for it."
         )
+    check_model(model, shape, input_dtype, labels)  # the contract the loader will check
     path.mkdir(parents=True, exist_ok=True)
     for old in ('model.onnx', 'model.onnx.data', 'model.pt2'):
         (path / old).unlink(missing_ok=True)
@@ -175,43 +287,69 @@ def save_model_dir(
         kwargs=kwargs,
         input_shape=shape,
         input_dtype=input_dtype,
-        labels=list(labels) if labels is not None else None,
+        labels=labels,
         torch=torch.__version__,
         created=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
         **(extra or {}),
         files={n: sha256sum(path / n) for n in files},
     )
+    config['config_sha256'] = config_digest(config)
     (path / 'config.json').write_text(json.dumps(config, indent=1))
     return path
 
 # %% ../../nbs/74_lifecycle.export.ipynb #0e4bed72
-def read_config(path: str | Path, expect_sha256: dict | None = None) -> dict:
-    """Read and verify a model directory's config.json: format, builder, and the SHA-256 of every
-    file it lists."""
-    path = Path(path)
-    if not path.is_dir():
+def _check_links(path: Path) -> None:
+    root, outside = path.resolve(), []
+    for f in path.iterdir():
+        try:
+            inside = f.resolve().is_relative_to(root)
+        except (OSError, RuntimeError):  # a symlink loop
+            inside = False
+        if not inside:
+            outside.append(f.name)
+    if outside:
         raise ModelDirError(
-            f"{path} is not a directory; expected a model directory written by save_model_dir."
+            f"{path} holds links that leave the directory ({', '.join(sorted(outside)[:3])}); "
+            "refusing to load it: copy the files into the directory instead of linking them."
         )
+
+
+def _read_json(path: Path) -> dict:
     try:
         config = json.loads((path / 'config.json').read_text(encoding='utf-8'))
     except FileNotFoundError:
         raise ModelDirError(
             f"{path} has no config.json: it is not a model directory (or the file was removed)."
         ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelDirError(f"{path / 'config.json'} is damaged: not valid JSON ({e}).") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise ModelDirError(
+            f"{path / 'config.json'} is damaged: not valid JSON ({_one_line(e)})."
+        ) from None
+    if isinstance(config, dict) and config.get('format') == 'bigmodel-book model v1':
+        raise ModelDirError(
+            f"{path} was written by an earlier version (format v1, whose config.json has no "
+            "digest); export it again: bigmodel-book export --checkpoint DIR --builder ... "
+            "(DIR holds its model.safetensors)."
+        )
     if not isinstance(config, dict) or config.get('format') != FORMAT:
         raise ModelDirError(f"{path / 'config.json'} is not a '{FORMAT}' config.")
-    files = config.get('files') or {}
-    if 'model.safetensors' not in files:
+    if config.get('config_sha256') != config_digest(config):
+        raise ModelDirError(
+            f"{path / 'config.json'} was modified: its fields do not match its config_sha256. "
+            "Refusing to load it; export the model again or copy the directory again."
+        )
+    return config
+
+
+def _check_files(path: Path, files, expect_sha256: dict | None) -> None:
+    if not isinstance(files, dict) or 'model.safetensors' not in files:
         raise ModelDirError(f"{path / 'config.json'} lists no model.safetensors.")
     for name, digest in {**files, **(expect_sha256 or {})}.items():
-        f = path / name
-        if Path(name).name != name:
+        if Path(name).name != name or name in ('', '.', '..'):
             raise ModelDirError(
                 f"{path / 'config.json'} lists {name!r}, which is not a plain file name."
             )
+        f = path / name
         if not f.is_file():
             raise ModelDirError(
                 f"Model file {f} is missing; the directory is incomplete "
@@ -220,26 +358,56 @@ def read_config(path: str | Path, expect_sha256: dict | None = None) -> dict:
         if (got := sha256sum(f)) != digest:
             raise ModelDirError(
                 f"Model file {f} was modified: its SHA-256 is {got[:16]}..., "
-                f"the config expects {digest[:16]}... Refusing to load it."
+                f"the config expects {str(digest)[:16]}... Refusing to load it."
             )
-    _check_shape(config.get('input_shape', []))
+
+
+def read_config(path: str | Path, expect_sha256: dict | None = None) -> dict:
+    """Read and verify a model directory's config.json: no links out of the directory, its own
+    digest, the SHA-256 of every file it lists, and its fields."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelDirError(
+            f"{path} is not a directory; expected a model directory written by save_model_dir."
+        )
+    _check_links(path)
+    config = _read_json(path)
+    _check_files(path, config.get('files'), expect_sha256)
+    _check_builder(config.get('builder'))
+    try:
+        if not isinstance(config.get('kwargs', {}), dict):
+            raise ValueError(f"kwargs must be a JSON object, got {repr(config['kwargs'])[:80]}.")
+        _check_shape(config.get('input_shape'))
+        _check_dtype(config.get('input_dtype', 'float32'))
+        _check_labels(config.get('labels'))
+    except ValueError as e:
+        raise ModelDirError(f"{path / 'config.json'}: {e}") from None
     return config
 
 
 def load_model_dir(
     path: str | Path, device=None, expect_sha256: dict | None = None
 ) -> tuple[nn.Module, dict]:
-    """Rebuild the model of a verified model directory (no pickle): returns `(model in eval mode,
-    config)`."""
+    """Rebuild the model of a verified model directory (no pickle) and check it against the
+    config: returns `(model in eval mode, config)`."""
     config = read_config(path, expect_sha256)
-    model = resolve_builder(config['builder'])(**config.get('kwargs', {}))
+    model = _build(config['builder'], config.get('kwargs', {}))
     try:
         load_weights(model, Path(path) / 'model.safetensors')
     except CheckpointError as e:
         raise ModelDirError(
             f"The weights do not fit {config['builder']}(**{config.get('kwargs')}): {e}"
         ) from None
-    return model.to(get_device(device) if device is not None else 'cpu').eval(), config
+    model = model.to(get_device(device) if device is not None else 'cpu').eval()
+    try:
+        check_model(
+            model, config['input_shape'], config.get('input_dtype', 'float32'), config.get('labels')
+        )
+    except ValueError as e:
+        raise ModelDirError(
+            f"{Path(path) / 'config.json'} does not fit {config['builder']}: {e}"
+        ) from None
+    return model, config
 
 # %% ../../nbs/74_lifecycle.export.ipynb #31b26057
 def export_checkpoint(
@@ -263,7 +431,7 @@ def export_checkpoint(
     kwargs = {} if kwargs is None else kwargs
     if not isinstance(kwargs, dict):
         raise ValueError(f"kwargs must be a JSON object (a dict), got {kwargs!r}.")
-    model = resolve_builder(builder)(**kwargs)
+    model = _build(builder, kwargs)
     try:
         load_weights(model, weights)
     except CheckpointError as e:
