@@ -10,9 +10,11 @@ from bigmodel_book._compat import forwarder
 
 _MOVED = {
     'OptunaPruning': 'lifecycle.tune:OptunaPruning',
+    'PositionSeededTPE': 'lifecycle.tune:PositionSeededTPE',
     'TuneConfig': 'lifecycle.tune:TuneConfig',
     'create_study': 'lifecycle.tune:create_study',
     'plot_study': 'lifecycle.tune:plot_study',
+    'retry_interrupted': 'lifecycle.tune:retry_interrupted',
     'run_study': 'lifecycle.tune:run_study',
     'sqlite_storage': 'lifecycle.tune:sqlite_storage',
     'trials_frame': 'lifecycle.tune:trials_frame',

@@ -233,3 +233,113 @@ def test_gradual_unfreezing_trains_top_first():
     assert not torch.equal(net[0].weight, first) and all(p.requires_grad for p in net.parameters())
     with pytest.raises(ValueError):
         GradualUnfreezing(every=0)
+
+
+# Resuming a killed study. Measured with optuna 5.0: `TPESampler(seed)` and `RandomSampler(seed)`
+# draw from one random stream that starts again with the process, so after a resume the first new
+# trial repeated trial 0's point (run 2 trials, then 5: trial 2 == trial 0) and the rest differed
+# from an uninterrupted study. `PositionSeededTPE` seeds each draw by (seed, position among the
+# finished trials, parameter name), and TPE draws each parameter from the finished trials only;
+# so given the same history a resumed study draws the same points in the same order, and the
+# tests below compare the trials in order (parameters and values), not as sorted lists.
+def _points(study):
+    done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    return [(t.params, t.value) for t in done]
+
+
+@pytest.fixture
+def one_thread():
+    "One CPU thread for torch (these tiny models train faster so on a shared machine)."
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_tune_resumed_in_steps_draws_like_one_session(tmp_path, one_thread):
+    cfg = lambda out, trials: TuneConfig(trials=trials, epochs=1, out=out, device='cpu')
+    run_study(cfg(tmp_path / 'one', 4))
+    for n in (1, 2, 4):
+        run_study(cfg(tmp_path / 'steps', n))
+    load = lambda d: create_study('digits-mlp', sqlite_storage(tmp_path / d / 'study.db'))
+    one, steps = _points(load('one')), _points(load('steps'))
+    assert len(one) == 4 and steps == one
+    assert len({json.dumps(p, sort_keys=True) for p, _ in one}) == 4  # no repeated point
+
+
+def test_retry_interrupted_fails_and_requeues(tmp_path):
+    from bigmodel_book.lifecycle.tune import retry_interrupted
+
+    study = create_study('r', sqlite_storage(tmp_path / 'study.db'), seed=0, resumable=True)
+    study.optimize(lambda t: t.suggest_float('x', 0, 1), n_trials=2)
+    half = study.ask()
+    half.suggest_float('x', 0, 1)
+    study.ask()  # killed before it suggested anything
+    again = create_study('r', sqlite_storage(tmp_path / 'study.db'), seed=0, resumable=True)
+    assert retry_interrupted(again) == [2, 3]
+    states = [t.state.name for t in again.trials]
+    assert states == ['COMPLETE', 'COMPLETE', 'FAIL', 'FAIL', 'WAITING', 'WAITING']
+    assert again.trials[4].params == half.params and again.trials[5].params == {}
+    assert retry_interrupted(again) == []
+    again.optimize(lambda t: t.suggest_float('x', 0, 1), n_trials=2)
+    assert again.trials[4].params == half.params
+    assert [t.state.name for t in again.trials[4:]] == ['COMPLETE', 'COMPLETE']
+
+
+def test_tune_refuses_a_study_another_process_runs(tmp_path):
+    fcntl = pytest.importorskip('fcntl')
+    with open(tmp_path / 'study.lock', 'a') as f:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(RuntimeError, match='Another process is running the study'):
+            run_study(TuneConfig(trials=1, epochs=1, out=tmp_path, device='cpu'))
+    assert not (tmp_path / 'study.db').exists()
+
+
+@pytest.mark.slow
+def test_tune_killed_mid_trial_resumes_like_uninterrupted(tmp_path):
+    """SIGKILL `bigmodel-book tune` during trial 2 (seen RUNNING in its SQLite storage), resume
+    with the same command: 4 complete trials, none RUNNING, the points of an uninterrupted run."""
+    import os, signal, subprocess, sys, time
+    from pathlib import Path
+
+    exe = str(Path(sys.executable).parent / 'bigmodel-book')
+    argv = lambda out: [exe, 'tune', '--trials', '4', '--epochs', '1', '--device', 'cpu',
+                        '--seed', '3', '--out', str(out)]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS='1')  # the same in all three runs; faster when shared
+    pipe = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    storage = optuna.storages.RDBStorage(sqlite_storage(tmp_path / 'killed' / 'study.db'))
+    whole = subprocess.Popen(argv(tmp_path / 'whole'), **pipe)  # the uninterrupted reference
+    victim = subprocess.Popen(argv(tmp_path / 'killed'), **pipe)
+    deadline, running, study = time.monotonic() + 50, None, None
+    while running is None and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        try:  # trial 2: after two complete ones; kill once it holds its three parameters
+            study = study or optuna.load_study(study_name='digits-mlp', storage=storage)
+        except KeyError:
+            continue  # the study is not created yet
+        running = next(
+            (t for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+             if t.number == 2 and len(t.params) == 3),
+            None,
+        )  # fmt: skip
+    assert running is not None, victim.communicate()
+    victim.send_signal(signal.SIGKILL)
+    assert victim.wait(10) == -signal.SIGKILL
+    left = study.get_trials()
+    assert [t.state.name for t in left] == ['COMPLETE', 'COMPLETE', 'RUNNING']  # what the kill left
+
+    resumed = subprocess.run(argv(tmp_path / 'killed'), timeout=120, **pipe)
+    assert resumed.returncode == 0, resumed.stderr
+    assert whole.wait(120) == 0, whole.stderr.read()
+    load = lambda d: optuna.load_study(
+        study_name='digits-mlp', storage=sqlite_storage(tmp_path / d / 'study.db')
+    )
+    killed, ref = load('killed'), load('whole')
+    states = [t.state.name for t in killed.trials]
+    assert states.count('COMPLETE') == 4 and 'RUNNING' not in states and states.count('FAIL') == 1
+    assert killed.trials[3].params == running.params  # the killed point, retried first
+    assert _points(killed) == _points(ref)  # same points, same order, same values
+    best = json.loads((tmp_path / 'killed' / 'best.json').read_text())
+    assert (best['trials'], best['failed'], best['retried'], best['resumed_from']) == (4, 1, [2], 2)
+    assert json.loads(resumed.stdout.strip().splitlines()[-1]) == best
+    assert best['best_value'] == ref.best_value and best['best_params'] == ref.best_params

@@ -395,7 +395,8 @@ def tune_main(argv: Sequence[str] | None = None) -> dict:
         '--trials',
         type=int,
         default=20,
-        help='total number of trials in the study (finished ones included)',
+        help='complete or pruned trials the study ends with, earlier runs included; trials '
+        'a killed run left unfinished are retried first',
     )
     p.add_argument('--epochs', type=int, default=8, help='epochs per trial')
     p.add_argument(

@@ -7,7 +7,8 @@ Docs: https://bigmodel-book.github.io/bigmodel-book/lifecycle.tune.html.md"""
 
 # %% ../../nbs/70_lifecycle.tune.ipynb #ffefbf4e
 from __future__ import annotations
-import json, math
+import json, math, os, warnings, zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,14 +16,20 @@ import numpy as np
 import pandas as pd
 from torch import nn
 import optuna
+from optuna.trial import TrialState
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock file, so run one `tune` per folder at a time
+    fcntl = None
 
 from ..core import set_seed
 from ..data.external import digits_dls
 from ..train.learner import Callback, Learner, accuracy, mlp
 
 # %% auto #0
-__all__ = ['sqlite_storage', 'create_study', 'OptunaPruning', 'trials_frame', 'plot_study',
-           'TuneConfig', 'run_study']
+__all__ = ['sqlite_storage', 'create_study', 'OptunaPruning', 'PositionSeededTPE',
+           'retry_interrupted', 'trials_frame', 'plot_study', 'TuneConfig', 'run_study']
 
 # %% ../../nbs/70_lifecycle.tune.ipynb #a79da268
 def sqlite_storage(path: str | Path) -> str:
@@ -44,11 +51,14 @@ def create_study(
     seed: int = 42,
     n_startup_trials: int = 3,
     n_warmup_steps: int = 1,
+    resumable: bool = False,
 ) -> optuna.Study:
-    "Create or reopen (`load_if_exists`) a study with a seeded TPE sampler and a median pruner."
+    """Create or reopen (`load_if_exists`) a study with a seeded TPE sampler and a median pruner;
+    `resumable=True` seeds each draw by the trial's position (`PositionSeededTPE`)."""
     if direction not in ('maximize', 'minimize'):
         raise ValueError(f"direction must be 'maximize' or 'minimize', got {direction!r}.")
-    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(n_startup_trials, 1))
+    kind = PositionSeededTPE if resumable else optuna.samplers.TPESampler
+    sampler = kind(seed=seed, n_startup_trials=max(n_startup_trials, 1))
     pruner = optuna.pruners.MedianPruner(
         n_startup_trials=n_startup_trials, n_warmup_steps=n_warmup_steps
     )
@@ -85,6 +95,43 @@ class OptunaPruning(Callback):
             raise optuna.TrialPruned(
                 f"pruned at epoch {self.learn.epoch + 1} with {self.monitor}={value:.4f}"
             )
+
+# %% ../../nbs/70_lifecycle.tune.ipynb #f305d6ab
+_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # the trials that count towards a budget
+
+
+class PositionSeededTPE(optuna.samplers.BaseSampler):
+    """TPE with a fresh seed for every draw, made of `seed`, the trial's position (finished trials
+    before it) and the parameter's name: a resumed study draws what an uninterrupted one would."""
+
+    def __init__(self, seed: int = 42, n_startup_trials: int = 3):
+        self.seed, self.n_startup_trials = seed, n_startup_trials
+
+    def infer_relative_search_space(self, study, trial) -> dict:
+        return {}  # independent sampling, as TPESampler's default (multivariate=False)
+
+    def sample_relative(self, study, trial, search_space) -> dict:
+        return {}
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        done = study.get_trials(deepcopy=False, states=_FINISHED)
+        position = sum(t.number < trial.number for t in done)
+        key = [self.seed, position, zlib.crc32(param_name.encode())]
+        seed = int(np.random.SeedSequence(key).generate_state(1)[0])
+        tpe = optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.n_startup_trials)
+        return tpe.sample_independent(study, trial, param_name, param_distribution)
+
+# %% ../../nbs/70_lifecycle.tune.ipynb #ed026a3d
+def retry_interrupted(study: optuna.Study) -> list[int]:
+    """Mark every RUNNING trial of `study` failed and enqueue its parameters again; returns the
+    trials' numbers. Only for a study that no other process is running."""
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
+        requeue = optuna.storages.RetryHeartbeatStaleTrialCallback()
+    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for t in stale:
+        requeue(study, study.tell(t.number, state=TrialState.FAIL))
+    return [t.number for t in stale]
 
 # %% ../../nbs/70_lifecycle.tune.ipynb #4a22b862
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
@@ -141,7 +188,7 @@ def plot_study(study: optuna.Study, figsize: tuple = (10, 3)):
 class TuneConfig:
     "Settings of `bigmodel-book tune` (defaults: the command's defaults)."
 
-    trials: int = 20  # total number of trials in the study (finished ones included)
+    trials: int = 20  # finished (complete or pruned) trials the study ends with
     epochs: int = 8  # epochs per trial
     out: Path = Path('runs') / 'tune'  # folder for study.db and best.json
     study: str = 'digits-mlp'  # study name inside the database
@@ -149,9 +196,25 @@ class TuneConfig:
     device: str = 'auto'
 
 
+@contextmanager
+def _exclusive(path: Path):
+    "Hold an exclusive lock on the file `path` while the block runs (where `fcntl` exists)."
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, 'a') as f:
+        try:
+            if fcntl is not None:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(
+                f"Another process is running the study in {path.parent} (it holds {path.name}); "
+                "wait for it to finish or stop it, or tune into another folder."
+            ) from None
+        yield
+
+
 def run_study(cfg: TuneConfig) -> dict:
-    """A resumable Optuna study over the digits MLP, stored in `cfg.out/study.db`;
-    writes `best.json` to `cfg.out` and returns its contents."""
+    """A resumable Optuna study over the digits MLP, stored in `cfg.out/study.db`: trials a killed
+    run left RUNNING are retried first. Writes `best.json` to `cfg.out` and returns its contents."""
     if cfg.trials < 1 or cfg.epochs < 1:
         raise ValueError(
             f"trials and epochs must be at least 1, got {cfg.trials} and {cfg.epochs}."
@@ -178,16 +241,26 @@ def run_study(cfg: TuneConfig) -> dict:
         learn.fit(cfg.epochs)
         return max(r['accuracy'] for r in learn.recorder.history)
 
-    study = create_study(cfg.study, sqlite_storage(Path(cfg.out) / 'study.db'), seed=cfg.seed)
-    done = len([t for t in study.trials if t.state.is_finished()])
-    if cfg.trials > done:
-        study.optimize(objective, n_trials=cfg.trials - done)
-    best = dict(
-        study=cfg.study,
-        trials=len(study.trials),
-        resumed_from=done,
-        best_value=study.best_value,
-        best_params=study.best_params,
-    )
-    (Path(cfg.out) / 'best.json').write_text(json.dumps(best, indent=1))
+    out = Path(cfg.out)
+    with _exclusive(out / 'study.lock'):
+        storage = sqlite_storage(out / 'study.db')
+        study = create_study(cfg.study, storage, seed=cfg.seed, resumable=True)
+        retried = retry_interrupted(study)
+        done = len(study.get_trials(deepcopy=False, states=_FINISHED))
+        if cfg.trials > done:
+            study.optimize(objective, n_trials=cfg.trials - done)
+        count = lambda state: len(study.get_trials(deepcopy=False, states=(state,)))
+        best = dict(
+            study=cfg.study,
+            trials=count(TrialState.COMPLETE),
+            pruned=count(TrialState.PRUNED),
+            failed=count(TrialState.FAIL),
+            resumed_from=done,
+            retried=retried,
+            best_value=study.best_value,
+            best_params=study.best_params,
+        )
+        tmp = out / 'best.json.tmp'
+        tmp.write_text(json.dumps(best, indent=1))
+        os.replace(tmp, out / 'best.json')
     return best
