@@ -1,11 +1,18 @@
 """Load test of `bigmodel-book serve`: the real uvicorn server in a second process on 127.0.0.1,
-2,000 /predict requests at concurrency 16 from this process; zero failures, p50/p99 latency and
-throughput, against calling the model directly (baseline).
+loaded from this process. Three parts, each bounded in requests and seconds:
 
-    python benchmarks/serve_load.py [--requests 2000] [--concurrency 16] [--batch 1] \
-        [--device cpu|cuda]
+1. clean: 2,000 /predict requests at concurrency 32; zero failures, p50/p99 latency and throughput,
+   against calling the model directly (baseline);
+2. hostile: the same good traffic beside a parallel stream of bad requests (JSON nested 50,000
+   deep, 5,000-digit integers, booleans among numbers, garbage, bodies and headers over the
+   limits): zero failed good requests, zero 5xx answers, every bad one a 4xx JSON error;
+3. guarded: a server with a token and a rate limit: the 401 and 429 counts against the counts the
+   token bucket predicts.
 
-Writes benchmarks/out/serve_load.json. Loopback only: the server listens on 127.0.0.1 and is
+    python benchmarks/serve_load.py [--requests 2000] [--concurrency 32] [--batch 1] \
+        [--device cpu|cuda] [--seconds 15]
+
+Writes benchmarks/out/serve_load.json. Loopback only: the servers listen on 127.0.0.1 and are
 stopped at the end."""
 
 import argparse, asyncio, json, sys, tempfile, time
@@ -18,25 +25,35 @@ from bigmodel_book.lifecycle.export import save_model_dir
 from bigmodel_book.lifecycle.serve import start_server
 from bigmodel_book.vision.models import LeNet5
 
+J = {'content-type': 'application/json'}
 
-async def _client(url, payloads, concurrency, timeout=60.0):
-    """Like bigmodel_book.lifecycle.serve.load_test, but records why requests failed;
-    keep-alive expiry 2 s < uvicorn's 5 s (avoids the close race)."""
+
+def _limits(concurrency):
+    import httpx
+
+    # keep-alive expiry 2 s < uvicorn's 5 s (avoids the close race)
+    return httpx.Limits(
+        max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=2.0
+    )
+
+
+async def _client(url, payloads, concurrency, timeout=60.0, deadline=None):
+    """Like bigmodel_book.lifecycle.serve.load_test, but records why requests failed and stops
+    starting new ones after `deadline` (time.monotonic())."""
     import httpx
 
     lat, errors, sem = [], {}, asyncio.Semaphore(concurrency)
-    limits = httpx.Limits(
-        max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=2.0
-    )
-    async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as client:
+    async with httpx.AsyncClient(
+        base_url=url, timeout=timeout, limits=_limits(concurrency)
+    ) as client:
 
         async def one(p):
             async with sem:
+                if deadline and time.monotonic() > deadline:
+                    return
                 t = time.perf_counter()
                 try:
-                    r = await client.post(
-                        '/predict', content=p, headers={'content-type': 'application/json'}
-                    )
+                    r = await client.post('/predict', content=p, headers=J)
                     why = None if r.status_code == 200 else f'status {r.status_code}'
                 except httpx.HTTPError as e:
                     why = type(e).__name__
@@ -49,16 +66,9 @@ async def _client(url, payloads, concurrency, timeout=60.0):
         return np.array(lat) * 1e3, errors, time.perf_counter() - t0
 
 
-def load(url, images, n, concurrency, batch):
-    payloads = [
-        json.dumps(
-            {'inputs': [images[(i * batch + j) % len(images)] for j in range(batch)]}
-        ).encode()
-        for i in range(n)
-    ]
-    ms, errors, wall = asyncio.run(_client(url, payloads, concurrency))
+def _summary(ms, errors, wall, concurrency, batch):
     return dict(
-        requests=n,
+        requests=len(ms),
         concurrency=concurrency,
         batch=batch,
         failures=sum(errors.values()),
@@ -67,8 +77,164 @@ def load(url, images, n, concurrency, batch):
         p90_ms=float(np.percentile(ms, 90)),
         p99_ms=float(np.percentile(ms, 99)),
         max_ms=float(ms.max()),
-        throughput_rps=n / wall,
+        throughput_rps=len(ms) / wall,
         wall_s=wall,
+    )
+
+
+def _payloads(images, n, batch):
+    return [
+        json.dumps(
+            {'inputs': [images[(i * batch + j) % len(images)] for j in range(batch)]}
+        ).encode()
+        for i in range(n)
+    ]
+
+
+def load(url, images, n, concurrency, batch, seconds=None):
+    deadline = time.monotonic() + seconds if seconds else None
+    ms, errors, wall = asyncio.run(
+        _client(url, _payloads(images, n, batch), concurrency, deadline=deadline)
+    )
+    return _summary(ms, errors, wall, concurrency, batch)
+
+
+def bad_requests(image) -> dict:
+    "Each kind of hostile request: (body, extra headers)."
+    deep = 50_000
+    return {
+        'nested 50,000 deep': (b'{"inputs": ' + b'[' * deep + b']' * deep + b'}', {}),
+        '5,000-digit integer': (b'{"inputs": [' + b'9' * 5000 + b']}', {}),
+        'booleans among numbers': (
+            json.dumps({'inputs': [[[[True] + row[1:] for row in image[0]]]]}).encode(),
+            {},
+        ),
+        'garbage bytes': (bytes(range(256)) * 8, {}),
+        'malformed JSON': (b'{"inputs": [[1, 2', {}),
+        'body over limit': (b'{"inputs": [' + b'0.0,' * 600_000 + b'0.0]}', {}),
+        'header over limit': (json.dumps({'inputs': [image]}).encode(), {'x-big': 'a' * 100_000}),
+        'NaN': (b'{"inputs": [[[' + b'NaN, ' * 27 + b'NaN]]]}', {}),
+        'extra field': (json.dumps({'inputs': [image], 'debug': 1}).encode(), {}),
+    }
+
+
+async def _hostile(url, bad, deadline, concurrency=4):
+    "Send the bad requests round robin until `deadline`; status counts per kind."
+    import httpx
+
+    counts = {k: {} for k in bad}
+    kinds = list(bad)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=_limits(concurrency)) as client:
+
+        async def worker(w):
+            i = w
+            while time.monotonic() < deadline:
+                kind = kinds[i % len(kinds)]
+                body, headers = bad[kind]
+                try:
+                    r = await client.post('/predict', content=body, headers=J | headers)
+                    key = str(r.status_code)
+                    if r.status_code >= 400 and set(r.json()) != {'error', 'detail'}:
+                        key += ' (not a JSON error)'
+                except (httpx.HTTPError, ValueError) as e:
+                    key = type(e).__name__
+                counts[kind][key] = counts[kind].get(key, 0) + 1
+                i += concurrency
+
+        await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    return counts
+
+
+def hostile(url, images, args):
+    "Good traffic at `args.concurrency` with a parallel stream of bad requests, both time-bounded."
+    deadline = time.monotonic() + args.seconds
+
+    async def both():
+        good = asyncio.create_task(
+            _client(
+                url,
+                _payloads(images, args.requests, args.batch),
+                args.concurrency,
+                deadline=deadline,
+            )
+        )
+        bad = await _hostile(url, bad_requests(images[0]), deadline)
+        return await good, bad
+
+    (ms, errors, wall), bad = asyncio.run(both())
+    res = _summary(ms, errors, wall, args.concurrency, args.batch)
+    n_bad = sum(sum(c.values()) for c in bad.values())
+    all_codes = [k for c in bad.values() for k in c]
+    res.update(
+        bad_requests=n_bad,
+        bad_by_kind=bad,
+        bad_5xx=sum(v for c in bad.values() for k, v in c.items() if k.startswith('5')),
+        bad_all_4xx_json=all(k.startswith('4') and k.isdigit() for k in all_codes),
+    )
+    return res
+
+
+def guarded(mdir, images, device, rate=20.0, burst=10, seconds=4.0):
+    """A server with a token and `rate`/`burst`: first requests without the token, then a
+    sustained load with it; measured 401/429/200 counts against the token bucket's."""
+    import httpx
+
+    token = 'bench-token-' + '0' * 20
+    with tempfile.TemporaryDirectory() as d:
+        tf = Path(d) / 'token'
+        tf.write_text(token)
+        args = ['--device', device, '--token-file', str(tf), '--rate', str(rate)]
+        with start_server(mdir, timeout=300, args=args + ['--burst', str(burst)]) as server:
+            body = json.dumps({'inputs': [images[0]]}).encode()
+            with httpx.Client(base_url=server.url, timeout=30) as c:
+                t0 = time.monotonic()
+                no_token = [
+                    c.post('/predict', content=body, headers=J).status_code for _ in range(40)
+                ]
+                took = time.monotonic() - t0
+            time.sleep(burst / rate + 0.2)  # the bucket refills
+            auth = J | {'authorization': f'Bearer {token}'}
+
+            async def sustained():
+                codes, retry = [], []
+                end = time.monotonic() + seconds
+                async with httpx.AsyncClient(base_url=server.url, timeout=30) as c:
+
+                    async def worker():
+                        while time.monotonic() < end:
+                            r = await c.post('/predict', content=body, headers=auth)
+                            codes.append(r.status_code)
+                            if r.status_code == 429:
+                                retry.append(r.headers.get('retry-after'))
+                            if r.status_code == 429:
+                                await asyncio.sleep(0.01)
+
+                    t = time.monotonic()
+                    await asyncio.gather(*(worker() for _ in range(8)))
+                    return codes, retry, time.monotonic() - t
+
+            codes, retry, wall = asyncio.run(sustained())
+    expect_401 = burst + int(rate * took)
+    return dict(
+        rate=rate,
+        burst=burst,
+        without_token=dict(
+            requests=len(no_token),
+            seconds=took,
+            n_401=no_token.count(401),
+            n_429=no_token.count(429),
+            expected_401_at_most=expect_401,
+            other=len(no_token) - no_token.count(401) - no_token.count(429),
+        ),
+        with_token=dict(
+            requests=len(codes),
+            seconds=wall,
+            n_200=codes.count(200),
+            n_429=codes.count(429),
+            expected_200_about=burst + rate * wall,
+            other=len(codes) - codes.count(200) - codes.count(429),
+            all_429_with_retry_after=all(r and r.isdigit() for r in retry),
+        ),
     )
 
 
@@ -95,8 +261,12 @@ def run(device: str, args) -> dict:
         )
         with start_server(mdir, timeout=300, args=['--device', device, '--threads', '1']) as server:
             load(server.url, images, 50, 4, args.batch)  # warm-up
-            res = load(server.url, images, args.requests, args.concurrency, args.batch)
+            res = load(
+                server.url, images, args.requests, args.concurrency, args.batch, args.seconds
+            )
+            res['hostile'] = hostile(server.url, images, args)
             alive = __import__('httpx').get(server.url + '/health').status_code == 200
+        res['guarded'] = guarded(mdir, images, device)
     torch.set_num_threads(1)
     model = model.to(device)
     direct = direct_latency(model, images, 500, device)
@@ -110,13 +280,35 @@ def run(device: str, args) -> dict:
     return res
 
 
+def ok(r: dict) -> bool:
+    "Whether a device's results meet the goals: no failures, no 5xx, counts as the bucket says."
+    h, g = r['hostile'], r['guarded']
+    wt, nt = g['with_token'], g['without_token']
+    return (
+        r['failures'] == 0
+        and r['server_alive_after']
+        and h['failures'] == 0
+        and h['bad_5xx'] == 0
+        and h['bad_all_4xx_json']
+        and nt['other'] == 0
+        and 0 < nt['n_401'] <= nt['expected_401_at_most']
+        and nt['n_401'] + nt['n_429'] == nt['requests']
+        and wt['other'] == 0
+        and wt['all_429_with_retry_after']
+        and abs(wt['n_200'] - wt['expected_200_about']) <= 0.25 * wt['expected_200_about'] + 2
+    )
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument('--requests', type=int, default=2000)
-    p.add_argument('--concurrency', type=int, default=16)
+    p.add_argument('--concurrency', type=int, default=32)
     p.add_argument('--batch', type=int, default=1, help='images per request')
+    p.add_argument(
+        '--seconds', type=float, default=15.0, help='time bound of the clean and hostile parts'
+    )
     p.add_argument(
         '--device', default='auto', help="'cpu', 'cuda', or 'auto' (CPU, plus CUDA when available)"
     )
@@ -128,13 +320,29 @@ def main(argv=None):
     )
     results = {d: run(d, args) for d in devices}
     for d, r in results.items():
+        h, g = r['hostile'], r['guarded']
         print(
-            f"[{d}] {r['requests']} requests, concurrency {r['concurrency']}, "
+            f"[{d}] clean: {r['requests']} requests, concurrency {r['concurrency']}, "
             f"batch {r['batch']}: failures {r['failures']}, "
             f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, "
             f"{r['throughput_rps']:.0f} requests/s; "
             f"direct call p50 {r['direct_p50_ms']:.3f} ms "
             f"(HTTP/direct ratio {r['http_over_direct_p50']:.1f}x)"
+        )
+        print(
+            f"[{d}] hostile: {h['requests']} good requests, failures {h['failures']}, "
+            f"p50 {h['p50_ms']:.2f} ms, p99 {h['p99_ms']:.2f} ms; beside {h['bad_requests']} bad "
+            f"requests: {h['bad_5xx']} answered 5xx, all 4xx JSON: {h['bad_all_4xx_json']}"
+        )
+        for kind, counts in h['bad_by_kind'].items():
+            print(f"    {kind}: {counts}")
+        nt, wt = g['without_token'], g['with_token']
+        print(
+            f"[{d}] guarded (rate {g['rate']:g}/s, burst {g['burst']}): without token "
+            f"{nt['requests']} in {nt['seconds']:.2f} s -> {nt['n_401']} x 401 "
+            f"(at most {nt['expected_401_at_most']} expected), {nt['n_429']} x 429; with token "
+            f"{wt['requests']} in {wt['seconds']:.1f} s -> {wt['n_200']} x 200 "
+            f"(about {wt['expected_200_about']:.0f} expected), {wt['n_429']} x 429"
         )
     out = Path(__file__).resolve().parent / 'out'
     out.mkdir(exist_ok=True)
@@ -146,9 +354,13 @@ def main(argv=None):
         'results': results,
     }
     (out / 'serve_load.json').write_text(json.dumps(doc, indent=1))
-    ok = all(r['failures'] == 0 and r['server_alive_after'] for r in results.values())
-    print('OK: zero failed requests' if ok else 'FAILED requests: see the JSON')
-    return 0 if ok else 1
+    good = all(ok(r) for r in results.values())
+    print(
+        'OK: zero failed good requests, zero 5xx, expected 401/429'
+        if good
+        else 'FAILED: see the JSON'
+    )
+    return 0 if good else 1
 
 
 if __name__ == '__main__':

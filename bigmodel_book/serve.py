@@ -11,11 +11,17 @@ from bigmodel_book._compat import forwarder
 _MOVED = {
     'PredictRequest': 'lifecycle.serve:PredictRequest',
     'RequestError': 'lifecycle.serve:RequestError',
+    'RequestGuard': 'lifecycle.serve:RequestGuard',
+    'ServeLimits': 'lifecycle.serve:ServeLimits',
     'ServerProcess': 'lifecycle.serve:ServerProcess',
+    'TokenBucket': 'lifecycle.serve:TokenBucket',
     'create_app': 'lifecycle.serve:create_app',
     'free_port': 'lifecycle.serve:free_port',
+    'guarded_protocol': 'lifecycle.serve:guarded_protocol',
     'load_test': 'lifecycle.serve:load_test',
     'parse_batch': 'lifecycle.serve:parse_batch',
+    'parse_json_body': 'lifecycle.serve:parse_json_body',
+    'read_token': 'lifecycle.serve:read_token',
     'serve_model_dir': 'lifecycle.serve:serve_model_dir',
     'start_server': 'lifecycle.serve:start_server',
 }

@@ -476,11 +476,18 @@ def export_main(argv: Sequence[str] | None = None) -> Path:
 
 def serve_main(argv: Sequence[str] | None = None) -> None:
     "`bigmodel-book serve --model DIR`: run the model server until interrupted."
-    from bigmodel_book.lifecycle.serve import serve_model_dir
+    from bigmodel_book.lifecycle.serve import ServeLimits, read_token, serve_model_dir
 
+    d = ServeLimits()
     p = argparse.ArgumentParser(
         prog='bigmodel-book serve',
         description='Serve a model directory over HTTP with FastAPI and uvicorn.',
+        epilog='Every refusal is a JSON error: 413 batch or body too large, 431 headers too '
+        'large, 400/422 malformed or invalid JSON (numbers longer than 100 characters, deep '
+        'nesting), 408 headers or body too slow, 503 too many connections, 429 over the rate '
+        '(with Retry-After), 401 no or wrong token (/health stays open). The token is read from '
+        '--token-file or else the environment variable BMB_SERVE_TOKEN. Plain HTTP: put TLS in '
+        'a reverse proxy in front before exposing the server.',
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
@@ -492,18 +499,81 @@ def serve_main(argv: Sequence[str] | None = None) -> None:
     p.add_argument(
         '--host',
         default='127.0.0.1',
-        help='address to listen on (0.0.0.0 exposes the server to the network)',
+        help='address to listen on (0.0.0.0 exposes the server to the network; '
+        'without a token that prints a warning)',
     )
     p.add_argument('--port', type=int, default=8000, help='TCP port')
     p.add_argument(
-        '--max-batch', type=int, default=64, help='largest number of inputs in one request'
+        '--max-batch', type=int, default=d.max_batch, help='largest number of inputs in one request'
     )
-    p.add_argument('--max-body', type=int, default=2_000_000, help='largest request body in bytes')
+    p.add_argument(
+        '--max-body', type=int, default=d.max_body, help='largest request body in bytes (413)'
+    )
+    p.add_argument(
+        '--max-header',
+        type=int,
+        default=d.max_header,
+        help='largest request line and headers in bytes (431)',
+    )
+    p.add_argument(
+        '--header-timeout',
+        type=float,
+        default=d.header_timeout,
+        help='seconds for a connection to send its full headers (408, then closed)',
+    )
+    p.add_argument(
+        '--body-timeout',
+        type=float,
+        default=d.body_timeout,
+        help='seconds to receive the whole body once the headers are in (408)',
+    )
+    p.add_argument(
+        '--keep-alive',
+        type=int,
+        default=d.keep_alive,
+        help='seconds an idle keep-alive connection stays open',
+    )
+    p.add_argument(
+        '--max-connections',
+        type=int,
+        default=d.max_connections,
+        help='open connections at most; new ones beyond get a 503',
+    )
+    p.add_argument(
+        '--rate',
+        type=float,
+        default=d.rate,
+        help='requests per second per client address (429 with Retry-After beyond; 0: no limit)',
+    )
+    p.add_argument(
+        '--burst', type=int, default=d.burst, help='requests a client may send at once under --rate'
+    )
+    p.add_argument(
+        '--token-file',
+        type=Path,
+        default=None,
+        help="file whose first line is the bearer token clients must send as "
+        "'Authorization: Bearer <token>' (if not given: $BMB_SERVE_TOKEN, else none)",
+    )
+    p.add_argument(
+        '--docs', action='store_true', help='serve the OpenAPI pages /docs and /openapi.json'
+    )
     p.add_argument(
         '--device', default='cpu', help="where the model runs: 'cpu', 'cuda', 'auto', ..."
     )
     p.add_argument('--threads', type=int, default=1, help='torch intra-op threads for inference')
     args = p.parse_args(argv)
+    limits = ServeLimits(
+        max_batch=args.max_batch,
+        max_body=args.max_body,
+        max_header=args.max_header,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+        keep_alive=args.keep_alive,
+        max_connections=args.max_connections,
+        rate=args.rate,
+        burst=args.burst,
+    )
     serve_model_dir(
         args.model,
         host=args.host,
@@ -512,6 +582,9 @@ def serve_main(argv: Sequence[str] | None = None) -> None:
         max_body=args.max_body,
         device=args.device,
         threads=args.threads,
+        limits=limits,
+        token=read_token(args.token_file),
+        docs=args.docs,
     )
 
 

@@ -7,7 +7,10 @@ Docs: https://bigmodel-book.github.io/bigmodel-book/lifecycle.serve.html.md"""
 
 # %% ../../nbs/75_lifecycle.serve.ipynb #779974bc
 from __future__ import annotations
-import asyncio, json, socket, subprocess, sys, threading, time
+import asyncio, hmac, ipaddress, json, math, os, socket, subprocess, sys, threading, time
+from dataclasses import asdict, dataclass
+from http import HTTPStatus
+from itertools import chain
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,8 +26,10 @@ from starlette.exceptions import HTTPException
 from .export import load_model_dir
 
 # %% auto #0
-__all__ = ['RequestError', 'parse_batch', 'PredictRequest', 'create_app', 'serve_model_dir',
-           'free_port', 'ServerProcess', 'start_server', 'load_test']
+__all__ = ['RequestError', 'parse_batch', 'ServeLimits', 'parse_json_body', 'TokenBucket',
+           'RequestGuard', 'guarded_protocol', 'PredictRequest', 'create_app',
+           'read_token', 'serve_model_dir', 'free_port', 'ServerProcess', 'start_server',
+           'load_test']
 
 # %% ../../nbs/75_lifecycle.serve.ipynb #a3b5ebad
 class RequestError(ValueError):
@@ -35,11 +40,19 @@ class RequestError(ValueError):
         self.status, self.error, self.detail = status, error, detail
 
 
+def _has_bool(inputs: list, ndim: int) -> bool:
+    "Whether the regular nested list `inputs` (`ndim` levels) holds a boolean among its numbers."
+    level = inputs
+    for _ in range(ndim - 1):
+        level = chain.from_iterable(level)
+    return bool in set(map(type, level))
+
+
 def parse_batch(
     inputs: Any, input_shape: Sequence[int], max_batch: int, dtype: str = 'float32'
 ) -> np.ndarray:
     """Check a JSON batch `inputs` (nested lists) against `(B, *input_shape)`, 1 <= B <= max_batch,
-    numbers only, finite."""
+    numbers only (no booleans, even mixed with numbers), finite."""
     shape = tuple(input_shape)
     if not isinstance(inputs, list):
         raise RequestError(
@@ -76,6 +89,12 @@ def parse_batch(
             f"each input must have shape {list(shape)}, "
             f"got {list(arr.shape[1:])} (batch of {arr.shape[0]}).",
         )
+    if _has_bool(inputs, arr.ndim):
+        raise RequestError(
+            422,
+            'wrong dtype',
+            f"'inputs' must hold numbers only ({dtype}), got booleans mixed with numbers.",
+        )
     with np.errstate(over='ignore'):
         arr = arr.astype(dtype)
     if not np.isfinite(arr).all():
@@ -86,6 +105,362 @@ def parse_batch(
             f"(or numbers too large for {dtype}).",
         )
     return arr
+
+# %% ../../nbs/75_lifecycle.serve.ipynb #d9af27d5
+@dataclass(frozen=True)
+class ServeLimits:
+    "What one client may send and how long it may take (each a `bigmodel-book serve` option)."
+
+    max_batch: int = 64  # inputs per request
+    max_body: int = 2_000_000  # bytes of one request body
+    max_header: int = 16_384  # bytes of the request line and headers together
+    max_number: int = 100  # characters of one JSON number
+    header_timeout: float = (
+        10.0  # s from connecting (or from the last response) to the full headers
+    )
+    body_timeout: float = 10.0  # s to receive the whole body once the headers are in
+    keep_alive: int = 5  # s an idle keep-alive connection stays open
+    max_connections: int = 256  # open connections; beyond, new ones get a 503
+    rate: float = 0.0  # requests/s per client address (0: no rate limit)
+    burst: int = 20  # requests a client may send at once before `rate` applies
+
+    def check(self) -> ServeLimits:
+        "This, after checking that every limit is positive (the rate may be 0: off)."
+        bad = [k for k, v in asdict(self).items() if v <= 0 and k != 'rate' or v < 0]
+        if bad:
+            raise ValueError(f"these limits must be positive: {', '.join(bad)}.")
+        return self
+
+
+def _too_long(kind: str, limit: int):
+    def refuse(s: str):
+        if len(s) > limit:
+            raise RequestError(
+                422,
+                'number too long',
+                f"a JSON number has {len(s)} characters; the limit is {limit} "
+                f"(float32 needs at most about 15).",
+            )
+        return int(s) if kind == 'int' else float(s)
+
+    return refuse
+
+
+def parse_json_body(body: bytes, max_number: int = 100) -> Any:
+    """Decode the JSON `body` with limits: numbers of at most `max_number` characters, nesting as
+    deep as Python's parser allows; every failure is a `RequestError` (400 or 422)."""
+    try:
+        return json.loads(
+            body,
+            parse_int=_too_long('int', max_number),
+            parse_float=_too_long('float', max_number),
+        )
+    except RequestError:
+        raise
+    except RecursionError:
+        raise RequestError(
+            400, 'too deeply nested', "the JSON nests lists or objects too deeply to parse."
+        ) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RequestError(400, 'malformed JSON', f"the body is not valid JSON: {e}.") from None
+    except ValueError as e:  # anything else the decoder refuses
+        raise RequestError(400, 'malformed JSON', f"the body is not valid JSON: {e}.") from None
+
+# %% ../../nbs/75_lifecycle.serve.ipynb #da364f75
+class TokenBucket:
+    "Per-client token buckets: each key may spend `burst` requests at once, refilled at `rate`/s."
+
+    def __init__(self, rate: float, burst: int, max_clients: int = 10_000):
+        self.rate, self.burst, self.max_clients, self.buckets = rate, burst, max_clients, {}
+
+    def take(self, key: str, now: float | None = None) -> float:
+        "Spend one token of `key`: 0 when allowed, else the seconds until one is available."
+        now = time.monotonic() if now is None else now
+        tokens, last = self.buckets.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if len(self.buckets) >= self.max_clients and key not in self.buckets:
+            self.buckets = dict(
+                sorted(self.buckets.items(), key=lambda kv: kv[1][1])[-(self.max_clients // 2) :]
+            )
+        if tokens >= 1:
+            self.buckets[key] = (tokens - 1, now)
+            return 0.0
+        self.buckets[key] = (tokens, now)
+        return (1 - tokens) / self.rate
+
+
+def _error_body(error: str, detail: str) -> bytes:
+    return json.dumps({'error': error, 'detail': detail}).encode()
+
+
+async def _send_json(send, status: int, error: str, detail: str, headers=(), close=False):
+    body = _error_body(error, detail)
+    hdrs = [(b'content-type', b'application/json'), (b'content-length', str(len(body)).encode())]
+    hdrs += [(k.encode(), v.encode()) for k, v in headers] + [(b'connection', b'close')] * close
+    await send({'type': 'http.response.start', 'status': status, 'headers': hdrs})
+    await send({'type': 'http.response.body', 'body': body})
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class RequestGuard:
+    """ASGI middleware in front of the app: header size (431), rate limit (429), bearer token (401),
+    then the whole body read under `max_body` (413) and `body_timeout` (408)."""
+
+    def __init__(self, app, limits: ServeLimits, token: str | None = None, open_paths=('/health',)):
+        self.app, self.limits, self.open_paths = app, limits, tuple(open_paths)
+        self.token = f"Bearer {token}".encode() if token else None
+        self.bucket = TokenBucket(limits.rate, limits.burst) if limits.rate > 0 else None
+
+    async def _refuse(self, scope, receive, send) -> bool:
+        "Answer and return True if the request is refused before its body is read."
+        lim, headers = self.limits, dict(scope['headers'])
+        size = len(scope.get('raw_path') or b'') + sum(
+            len(k) + len(v) + 4 for k, v in scope['headers']
+        )
+        if size > lim.max_header:
+            await _send_json(
+                send,
+                431,
+                'headers too large',
+                f"the request line and headers take about {size} bytes; "
+                f"the limit is {lim.max_header}.",
+                close=True,
+            )
+            return True
+        if scope['path'] in self.open_paths:
+            return False
+        if self.bucket is not None:
+            wait = self.bucket.take((scope.get('client') or ('?',))[0])
+            if wait:
+                await _send_json(
+                    send,
+                    429,
+                    'too many requests',
+                    f"this server allows {lim.rate:g} requests/s per client "
+                    f"(bursts of {lim.burst}); retry in {wait:.2f} s.",
+                    headers=[('retry-after', str(math.ceil(wait)))],
+                )
+                return True
+        if self.token is not None:
+            got = headers.get(b'authorization', b'')
+            if not hmac.compare_digest(got, self.token):
+                await _send_json(
+                    send,
+                    401,
+                    'unauthorized',
+                    "send the server's token as 'Authorization: Bearer <token>'."
+                    if not got
+                    else "the bearer token is wrong.",
+                    headers=[('www-authenticate', 'Bearer')],
+                )
+                return True
+        declared = headers.get(b'content-length', b'')
+        if declared.isdigit() and int(declared) > lim.max_body:
+            await _send_json(
+                send,
+                413,
+                'body too large',
+                f"the body has {int(declared)} bytes; the limit is {lim.max_body}.",
+                close=True,
+            )
+            return True
+        return False
+
+    async def _read_body(self, receive) -> bytes | None:
+        chunks, size = [], 0
+        while True:
+            msg = await receive()
+            if msg['type'] == 'http.disconnect':
+                return None
+            chunk = msg.get('body', b'')
+            size += len(chunk)
+            if size > self.limits.max_body:
+                raise _BodyTooLarge
+            chunks.append(chunk)
+            if not msg.get('more_body', False):
+                return b''.join(chunks)
+
+    async def __call__(self, scope, receive, send):
+        if scope['type'] != 'http':
+            return await self.app(scope, receive, send)
+        if await self._refuse(scope, receive, send):
+            return
+        lim = self.limits
+        try:
+            body = await asyncio.wait_for(self._read_body(receive), lim.body_timeout)
+        except TimeoutError:
+            return await _send_json(
+                send,
+                408,
+                'body timeout',
+                f"the body did not arrive within {lim.body_timeout:g} s.",
+                close=True,
+            )
+        except _BodyTooLarge:
+            return await _send_json(
+                send,
+                413,
+                'body too large',
+                f"the body exceeds the limit of {lim.max_body} bytes.",
+                close=True,
+            )
+        if body is None:
+            return
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {'type': 'http.request', 'body': body, 'more_body': False}
+
+        await self.app(scope, replay, send)
+
+# %% ../../nbs/75_lifecycle.serve.ipynb #ba31788c
+def _raw_response(status: int, error: str, detail: str) -> bytes:
+    "A whole HTTP/1.1 response with a JSON error body, for answers given outside any request."
+    body = _error_body(error, detail)
+    head = (
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class _LingeringTransport:
+    """A transport whose `close` first half-closes, then reads on for `linger` s (`max_bytes` at
+    most), so that a client still sending gets the error response instead of a connection reset."""
+
+    def __init__(self, transport, protocol, linger: float = 2.0, max_bytes: int = 64 << 20):
+        self._t, self._p, self._linger, self._left = transport, protocol, linger, max_bytes
+        self._closing = False
+
+    def __getattr__(self, name):
+        return getattr(self._t, name)
+
+    def is_closing(self) -> bool:
+        return self._closing or self._t.is_closing()
+
+    def close(self):
+        if self._closing:
+            return
+        self._closing = True
+        try:
+            if self._t.can_write_eof():
+                self._t.write_eof()
+            self._t.resume_reading()
+        except (OSError, RuntimeError, AttributeError):
+            return self._t.close()
+        self._p.loop.call_later(self._linger, self._t.close)
+
+    def discard(self, data: bytes):
+        "Drop bytes that arrive while lingering; give up on a client that sends too much."
+        self._left -= len(data)
+        if self._left < 0:
+            self._t.abort()
+
+
+def guarded_protocol(limits: ServeLimits):
+    """uvicorn's h11 protocol with a header timeout (408), a connection limit (503) and JSON for
+    the 400/431 uvicorn answers to requests that are not valid HTTP."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class GuardedH11Protocol(H11Protocol):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.limit_concurrency = None  # enforced per connection in connection_made
+            self._timer, self._error = None, None
+            next_event = self.conn.next_event
+
+            def watched_next_event():
+                try:
+                    event = next_event()
+                except h11.RemoteProtocolError as e:
+                    self._error = e
+                    raise
+                if isinstance(event, h11.Request):
+                    self._disarm()
+                return event
+
+            self.conn.next_event = watched_next_event
+
+        def _arm(self):
+            if self._timer is None:
+                self._timer = self.loop.call_later(limits.header_timeout, self._header_timeout)
+
+        def _disarm(self):
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+        def _refuse_raw(self, status: int, error: str, detail: str):
+            self._disarm()
+            if not self.transport.is_closing():
+                self.transport.write(_raw_response(status, error, detail))
+                self.transport.close()
+
+        def _header_timeout(self):
+            self._timer = None
+            self._refuse_raw(
+                408,
+                'header timeout',
+                f"the request line and headers did not arrive within {limits.header_timeout:g} s.",
+            )
+
+        def connection_made(self, transport):
+            super().connection_made(_LingeringTransport(transport, self))
+            if len(self.connections) > limits.max_connections:
+                self._refuse_raw(
+                    503,
+                    'too many connections',
+                    f"the server holds its limit of {limits.max_connections} open connections; "
+                    "retry later.",
+                )
+            else:
+                self._arm()
+
+        def data_received(self, data: bytes):
+            if self.transport.is_closing():
+                return self.transport.discard(data)
+            if self.conn.their_state is h11.IDLE:
+                self._arm()
+            super().data_received(data)
+
+        def connection_lost(self, exc):
+            self._disarm()
+            super().connection_lost(exc)
+
+        def send_400_response(self, msg: str):
+            self._disarm()
+            status = getattr(self._error, 'error_status_hint', 400)
+            if status == 431:
+                error, detail = (
+                    'headers too large',
+                    (f"the request line and headers exceed {limits.max_header} bytes."),
+                )
+            else:
+                status, error = 400, 'bad request'
+                detail = f"the request is not valid HTTP/1.1 ({str(self._error or msg)[:80]})."
+            body = _error_body(error, detail)
+            headers = [
+                (b'content-type', b'application/json'),
+                (b'content-length', str(len(body)).encode()),
+                (b'connection', b'close'),
+            ]
+            try:
+                out = self.conn.send(h11.Response(status_code=status, headers=headers))
+                out += self.conn.send(h11.Data(data=body)) + self.conn.send(h11.EndOfMessage())
+            except h11.LocalProtocolError:
+                out = _raw_response(status, error, detail)
+            self.transport.write(out)
+            self.transport.close()
+
+    return GuardedH11Protocol
 
 # %% ../../nbs/75_lifecycle.serve.ipynb #de6f7de1
 class PredictRequest(BaseModel):
@@ -99,38 +474,48 @@ def _json_error(status: int, error: str, detail: str) -> JSONResponse:
     return JSONResponse({'error': error, 'detail': detail}, status_code=status)
 
 
-async def _read_body(request, max_body: int) -> bytes:
-    """The request body, refused with 413 as soon as it exceeds `max_body` bytes (whatever
-    Content-Length claims)."""
-    declared = request.headers.get('content-length')
-    if declared and declared.isdigit() and int(declared) > max_body:
-        raise RequestError(
-            413, 'body too large', f"the body has {int(declared)} bytes; the limit is {max_body}."
-        )
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_body:
-            raise RequestError(
-                413, 'body too large', f"the body exceeds the limit of {max_body} bytes."
-            )
-        chunks.append(chunk)
-    return b''.join(chunks)
+def _first_depth(x: Any) -> int:
+    "How deep the first elements of the nested list `x` go (1 for a flat list)."
+    depth = 0
+    while isinstance(x, list):
+        depth, x = depth + 1, x[0] if x else None
+    return depth
 
 
-def create_app(model_dir: str | Path, max_batch: int = 64, max_body: int = 2_000_000, device=None):
-    "A FastAPI app serving the model directory `model_dir` at /health, /metadata and /predict."
+def create_app(
+    model_dir: str | Path,
+    max_batch: int = 64,
+    max_body: int = 2_000_000,
+    device=None,
+    limits: ServeLimits | None = None,
+    token: str | None = None,
+    docs: bool = False,
+):
+    """A FastAPI app serving the model directory `model_dir` at /health, /metadata and /predict,
+    behind `RequestGuard` (`limits`, optional bearer `token`); `docs` turns on /docs."""
+    limits = (limits or ServeLimits(max_batch=max_batch, max_body=max_body)).check()
     model, config = load_model_dir(model_dir, device=device)
     dev, shape, labels = (
         next(model.parameters()).device,
         config['input_shape'],
         config.get('labels'),
     )
+    dtype = config.get('input_dtype', 'float32')
     meta = {
         k: config.get(k) for k in ('builder', 'kwargs', 'input_shape', 'input_dtype', 'labels')
-    } | {'max_batch': max_batch, 'max_body_bytes': max_body, 'device': str(dev)}
-    app = FastAPI(title='bigmodel-book model server', version=config.get('torch', ''))
-    app.state.model, app.state.config = model, config
+    } | {
+        'max_batch': limits.max_batch,
+        'max_body_bytes': limits.max_body,
+        'device': str(dev),
+        'token_required': token is not None,
+    }
+    urls = dict(docs_url='/docs', openapi_url='/openapi.json') if docs else {}
+    app = FastAPI(
+        title='bigmodel-book model server',
+        version='1',
+        **(urls or dict(docs_url=None, redoc_url=None, openapi_url=None)),
+    )
+    app.state.model, app.state.config, app.state.limits = model, config, limits
 
     @app.exception_handler(RequestError)
     async def _refused(request, e: RequestError):
@@ -143,6 +528,10 @@ def create_app(model_dir: str | Path, max_batch: int = 64, max_body: int = 2_000
     @app.exception_handler(RequestValidationError)
     async def _invalid(request, e):
         return _json_error(422, 'invalid request', str(e.errors())[:500])
+
+    @app.exception_handler(Exception)
+    async def _fault(request, e):  # the server's own fault: no traceback to the client
+        return _json_error(500, 'internal error', 'the server failed; its log says why.')
 
     @app.get('/health')
     def health() -> dict:
@@ -171,11 +560,7 @@ def create_app(model_dir: str | Path, max_batch: int = 64, max_body: int = 2_000
                 'wrong content type',
                 f"send JSON with 'Content-Type: application/json', got {ctype or 'none'!r}.",
             )
-        body = await _read_body(request, max_body)
-        try:
-            payload = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise RequestError(400, 'malformed JSON', f"the body is not valid JSON: {e}.") from None
+        payload = parse_json_body(await request.body(), limits.max_number)
         try:
             req = PredictRequest.model_validate(payload)
         except ValidationError as e:
@@ -188,12 +573,42 @@ def create_app(model_dir: str | Path, max_batch: int = 64, max_body: int = 2_000
                     for er in e.errors()[:3]
                 ),
             ) from None
-        arr = parse_batch(req.inputs, shape, max_batch, config.get('input_dtype', 'float32'))
+        if _first_depth(req.inputs) > len(shape) + 1:
+            raise RequestError(
+                422,
+                'wrong shape',
+                f"'inputs' nests {_first_depth(req.inputs)} lists deep; "
+                f"a batch of inputs of shape {list(shape)} nests {len(shape) + 1}.",
+            )
+        arr = parse_batch(req.inputs, shape, limits.max_batch, dtype)
         return await asyncio.to_thread(run, arr)
 
+    app.add_middleware(RequestGuard, limits=limits, token=token)
     return app
 
 # %% ../../nbs/75_lifecycle.serve.ipynb #3645cb7f
+def read_token(token_file: str | Path | None = None, env: str = 'BMB_SERVE_TOKEN') -> str | None:
+    "The bearer token: first line of `token_file`, else the environment variable `env`, else None."
+    if token_file is not None:
+        path = Path(token_file)
+        if not path.is_file():
+            raise ValueError(f"the token file {path} does not exist or is not a file.")
+        token = (path.read_text().strip().splitlines() or [''])[0].strip()
+        if not token:
+            raise ValueError(f"the token file {path} is empty; write the token on its first line.")
+        return token
+    return os.environ.get(env, '').strip() or None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == 'localhost':
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def serve_model_dir(
     model_dir: str | Path,
     host: str = '127.0.0.1',
@@ -202,19 +617,48 @@ def serve_model_dir(
     max_body: int = 2_000_000,
     device: str = 'cpu',
     threads: int = 1,
+    limits: ServeLimits | None = None,
+    token: str | None = None,
+    docs: bool = False,
 ) -> None:
     """Serve the model directory `model_dir` on `http://host:port` with uvicorn until interrupted
-    (`threads`: torch intra-op threads for inference)."""
+    (`threads`: torch intra-op threads for inference; `limits` override `max_batch`/`max_body`)."""
     import uvicorn
 
     if not 1 <= port <= 65535:
         raise ValueError(f"port must be in 1..65535, got {port}.")
     if max_batch < 1 or max_body < 1:
         raise ValueError("max_batch and max_body must be positive.")
+    limits = (limits or ServeLimits(max_batch=max_batch, max_body=max_body)).check()
     torch.set_num_threads(max(1, threads))
-    app = create_app(model_dir, max_batch=max_batch, max_body=max_body, device=device)
-    print(f"serving {model_dir} on http://{host}:{port} (Ctrl+C stops)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level='warning', access_log=False)
+    app = create_app(model_dir, device=device, limits=limits, token=token, docs=docs)
+    if token is None and not _is_loopback(host):
+        print(
+            f"warning: serving on {host} without a token: anyone who can reach this address can "
+            "use the model; pass --token-file or set BMB_SERVE_TOKEN, and put TLS in front.",
+            file=sys.stderr,
+            flush=True,
+        )
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level='warning',
+        access_log=False,
+        http=guarded_protocol(limits),
+        timeout_keep_alive=limits.keep_alive,
+        limit_concurrency=limits.max_connections,
+        h11_max_incomplete_event_size=limits.max_header,
+        server_header=False,
+        proxy_headers=False,
+    )
+    print(
+        f"serving {model_dir} on http://{host}:{port} (Ctrl+C stops); "
+        f"token {'required' if token else 'off'}, rate limit "
+        f"{f'{limits.rate:g}/s' if limits.rate else 'off'}",
+        flush=True,
+    )
+    uvicorn.Server(config).run()
 
 # %% ../../nbs/75_lifecycle.serve.ipynb #0b5dd9f6
 def free_port(host: str = '127.0.0.1') -> int:
