@@ -9,6 +9,8 @@ _MOVED = {
     'EXTRAS': 'cli.core:EXTRAS',
     'TASK_ALIASES': 'cli.core:TASK_ALIASES',
     'TRAIN_TASKS': 'cli.core:TRAIN_TASKS',
+    'add_options': 'cli.core:add_options',
+    'command_parser': 'cli.core:command_parser',
     'config_from_args': 'cli.core:config_from_args',
     'info_main': 'cli.core:info_main',
     'main': 'cli.core:main',

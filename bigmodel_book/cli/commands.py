@@ -10,7 +10,8 @@ import argparse, json, os
 from pathlib import Path
 from typing import Sequence
 
-from .core import config_from_args, report, train_arg_parser
+from .core import add_options, command_parser, config_from_args, report
+from .core import train_arg_parser
 
 # %% auto #0
 __all__ = ['train_digits_main', 'train_vision_main', 'train_sequence_main', 'train_gan_main',
@@ -149,11 +150,10 @@ def sample_main(argv: Sequence[str] | None = None) -> dict:
     "`bigmodel-book sample`: write a PNG grid of samples from a trained GAN."
     from bigmodel_book.gan.dcgan import sample_grid
 
-    p = argparse.ArgumentParser(
-        prog='bigmodel-book sample',
-        description='Draw samples from a GAN trained by "bigmodel-book train gan" '
+    p = command_parser(
+        'sample',
+        'Draw samples from a GAN trained by "bigmodel-book train gan" '
         'and save them as a PNG grid.',
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
         '--checkpoint',
@@ -315,10 +315,9 @@ def generate_main(argv: Sequence[str] | None = None) -> str:
     "`bigmodel-book generate --checkpoint OUT --prompt TEXT`: sample text from a trained GPT."
     from bigmodel_book.text.gpt import GenerateConfig, generate_from_checkpoint
 
-    p = argparse.ArgumentParser(
-        prog='bigmodel-book generate',
-        description='Sample text from a GPT trained with "bigmodel-book train text --task gpt".',
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = command_parser(
+        'generate',
+        'Sample text from a GPT trained with "bigmodel-book train text --task gpt".',
     )
     p.add_argument(
         '--checkpoint', type=Path, required=True, help='the --out folder of the training run'
@@ -385,11 +384,10 @@ def tune_main(argv: Sequence[str] | None = None) -> dict:
     "`bigmodel-book tune`: a resumable Optuna study over the digits MLP; writes `best.json`."
     from bigmodel_book.lifecycle.tune import TuneConfig, run_study
 
-    p = argparse.ArgumentParser(
-        prog='bigmodel-book tune',
-        description='Tune learning rate, weight decay and width of the digits MLP with Optuna; '
+    p = command_parser(
+        'tune',
+        'Tune learning rate, weight decay and width of the digits MLP with Optuna; '
         'the study resumes from --out.',
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
         '--trials',
@@ -419,11 +417,10 @@ def export_main(argv: Sequence[str] | None = None) -> Path:
     "`bigmodel-book export`: write trained weights as a verified model directory."
     from bigmodel_book.lifecycle.export import BUILDERS, export_checkpoint
 
-    p = argparse.ArgumentParser(
-        prog='bigmodel-book export',
-        description='Write trained weights as a verified model directory '
+    p = command_parser(
+        'export',
+        'Write trained weights as a verified model directory '
         '(safetensors, ONNX, torch.export).',
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
         '--checkpoint',
@@ -479,16 +476,15 @@ def serve_main(argv: Sequence[str] | None = None) -> None:
     from bigmodel_book.lifecycle.serve import ServeLimits, read_token, serve_model_dir
 
     d = ServeLimits()
-    p = argparse.ArgumentParser(
-        prog='bigmodel-book serve',
-        description='Serve a model directory over HTTP with FastAPI and uvicorn.',
+    p = command_parser(
+        'serve',
+        'Serve a model directory over HTTP with FastAPI and uvicorn.',
         epilog='Every refusal is a JSON error: 413 batch or body too large, 431 headers too '
         'large, 400/422 malformed or invalid JSON (numbers longer than 100 characters, deep '
         'nesting), 408 headers or body too slow, 503 too many connections, 429 over the rate '
         '(with Retry-After), 401 no or wrong token (/health stays open). The token is read from '
         '--token-file or else the environment variable BMB_SERVE_TOKEN. Plain HTTP: put TLS in '
         'a reverse proxy in front before exposing the server.',
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
         '--model',
@@ -503,51 +499,18 @@ def serve_main(argv: Sequence[str] | None = None) -> None:
         'without a token that prints a warning)',
     )
     p.add_argument('--port', type=int, default=8000, help='TCP port')
-    p.add_argument(
-        '--max-batch', type=int, default=d.max_batch, help='largest number of inputs in one request'
-    )
-    p.add_argument(
-        '--max-body', type=int, default=d.max_body, help='largest request body in bytes (413)'
-    )
-    p.add_argument(
-        '--max-header',
-        type=int,
-        default=d.max_header,
-        help='largest request line and headers in bytes (431)',
-    )
-    p.add_argument(
-        '--header-timeout',
-        type=float,
-        default=d.header_timeout,
-        help='seconds for a connection to send its full headers (408, then closed)',
-    )
-    p.add_argument(
-        '--body-timeout',
-        type=float,
-        default=d.body_timeout,
-        help='seconds to receive the whole body once the headers are in (408)',
-    )
-    p.add_argument(
-        '--keep-alive',
-        type=int,
-        default=d.keep_alive,
-        help='seconds an idle keep-alive connection stays open',
-    )
-    p.add_argument(
-        '--max-connections',
-        type=int,
-        default=d.max_connections,
-        help='open connections at most; new ones beyond get a 503',
-    )
-    p.add_argument(
-        '--rate',
-        type=float,
-        default=d.rate,
-        help='requests per second per client address (429 with Retry-After beyond; 0: no limit)',
-    )
-    p.add_argument(
-        '--burst', type=int, default=d.burst, help='requests a client may send at once under --rate'
-    )
+    limits = [
+        ('--max-batch', int, d.max_batch, 'largest number of inputs in one request'),
+        ('--max-body', int, d.max_body, 'largest request body in bytes (413)'),
+        ('--max-header', int, d.max_header, 'largest request line and headers in bytes (431)'),
+        ('--header-timeout', float, d.header_timeout, 'seconds to send the full headers (408)'),
+        ('--body-timeout', float, d.body_timeout, 'seconds to send the body after headers (408)'),
+        ('--keep-alive', int, d.keep_alive, 'seconds an idle keep-alive connection stays open'),
+        ('--max-connections', int, d.max_connections, 'open connections at most (503 beyond)'),
+        ('--rate', float, d.rate, 'requests/s per client address (429 beyond; 0: no limit)'),
+        ('--burst', int, d.burst, 'requests a client may send at once under --rate'),
+    ]
+    add_options(p, limits)
     p.add_argument(
         '--token-file',
         type=Path,

@@ -15,7 +15,8 @@ import bigmodel_book
 
 # %% auto #0
 __all__ = ['TRAIN_TASKS', 'TASK_ALIASES', 'COMMANDS', 'CARRIERS', 'EXTRAS', 'train_arg_parser',
-           'config_from_args', 'report', 'info_main', 'main']
+           'command_parser', 'add_options', 'config_from_args', 'report', 'info_main',
+           'main']
 
 # %% ../../nbs/90_cli.core.ipynb #11fde688
 _CMD = 'bigmodel_book.cli.commands'
@@ -104,6 +105,25 @@ def train_arg_parser(
     p.add_argument('--fresh', action='store_true', help='ignore a checkpoint in --out; start again')
     p.add_argument('--quiet', action='store_true', help='no progress bars and no epoch table')
     return p
+
+
+def command_parser(
+    name: str, description: str, epilog: str | None = None
+) -> argparse.ArgumentParser:
+    "The parser of `bigmodel-book NAME`, showing each option's default in its help."
+    return argparse.ArgumentParser(
+        prog=f'bigmodel-book {name}',
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+
+
+def add_options(parser: argparse.ArgumentParser, options: list[tuple]) -> argparse.ArgumentParser:
+    "Add options given as `(flag, type, default, help)` rows, a table instead of a wall of calls."
+    for flag, kind, default, help_ in options:
+        parser.add_argument(flag, type=kind, default=default, help=help_)
+    return parser
 
 
 def config_from_args(cls: type, args: argparse.Namespace, **overrides):
