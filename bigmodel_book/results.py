@@ -6,7 +6,8 @@ Docs: https://bigmodel-book.github.io/bigmodel-book/results.html.md"""
 
 # %% ../nbs/01a_results.ipynb #b14fe5bb
 from __future__ import annotations
-import json, os, time
+import json, math, os, time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,8 @@ import torch
 from .core import cache_dir, get_scale
 
 # %% auto #0
-__all__ = ['project_root', 'results_dir', 'meets_goal', 'record_results']
+__all__ = ['project_root', 'results_dir', 'meets_goal', 'record_results', 'seed_summary',
+           'bootstrap_ci', 'claim', 'claim_better']
 
 # %% ../nbs/01a_results.ipynb #5558e849
 def project_root(start: str | Path | None = None) -> Path | None:
@@ -47,6 +49,25 @@ def meets_goal(row: dict) -> bool:
     return row['value'] >= row['goal'] if row.get('higher', True) else row['value'] <= row['goal']
 
 
+def _check_noise(r: dict):
+    "Validate a row's optional `interval` ([low, high] around its value) and `seeds` (a count)."
+    if r.get('interval') is not None:
+        iv = r['interval']
+        if isinstance(iv, (str, bytes)) or not hasattr(iv, '__len__') or len(iv) != 2:
+            raise ValueError(f"results row {r} has interval {iv!r}: give [low, high].")
+        lo, hi = (float(x) for x in iv)
+        if not (np.isfinite(lo) and np.isfinite(hi) and lo <= r['value'] <= hi):
+            raise ValueError(
+                f"results row {r}: interval [{lo}, {hi}] must be finite with low <= value <= high."
+            )
+        r['interval'] = [lo, hi]
+    if r.get('seeds') is not None:
+        n = r['seeds']
+        if isinstance(n, bool) or int(n) != n or n < 1:
+            raise ValueError(f"results row {r} has seeds={n!r}: give the number of seeds (>= 1).")
+        r['seeds'] = int(n)
+
+
 def record_results(
     chapter: str, rows: list[dict], *, split: str, seed: int, notes: str = ''
 ) -> Path:
@@ -61,6 +82,7 @@ def record_results(
         r['value'] = float(r['value'])
         if not np.isfinite(r['value']):
             raise ValueError(f"results row {r} has a non-finite value.")
+        _check_noise(r)
     path = results_dir() / f'{chapter}.json'
     tasks = {r['task'] for r in rows}
     if path.exists():  # a chapter spread over several notebooks: keep the other notebooks' tasks
@@ -84,3 +106,88 @@ def record_results(
     tmp.write_text(json.dumps(doc, indent=1))
     os.replace(tmp, path)
     return path
+
+# %% ../nbs/01a_results.ipynb #08fbe2b8
+def seed_summary(values: Sequence[float], level: float = 0.95) -> dict:
+    "Mean, standard deviation and `level` t-interval of one metric measured over several seeds."
+    from scipy.stats import t
+
+    v = np.asarray(values, dtype=float)
+    if v.ndim != 1 or len(v) < 2 or not np.isfinite(v).all():
+        raise ValueError(
+            'seed_summary needs a flat list of at least 2 finite values (one per seed), '
+            f'got {values!r}.'
+        )
+    n, mean, std = len(v), float(v.mean()), float(v.std(ddof=1))
+    half = float(t.ppf((1 + level) / 2, n - 1)) * std / math.sqrt(n)
+    return dict(n=n, mean=mean, std=std, interval=[mean - half, mean + half], level=level)
+
+# %% ../nbs/01a_results.ipynb #ce5aab1c
+def bootstrap_ci(
+    metric: Callable[..., float],
+    *arrays,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    "Percentile bootstrap `level` interval of `metric(*arrays)`, resampling the test rows together."
+    arrays = [a if isinstance(a, (np.ndarray, torch.Tensor)) else np.asarray(a) for a in arrays]
+    if not arrays or len({len(a) for a in arrays}) != 1 or len(arrays[0]) < 2:
+        raise ValueError(
+            f"bootstrap_ci needs arrays of one length >= 2 (rows of the test set), got lengths "
+            f"{[len(a) for a in arrays]}."
+        )
+    if not 0 < level < 1 or n_boot < 10:
+        raise ValueError(
+            f'bootstrap_ci needs 0 < level < 1 and n_boot >= 10, got {level} and {n_boot}.'
+        )
+    rng = np.random.default_rng(seed)
+    n = len(arrays[0])
+    stats = np.array(
+        [float(metric(*(a[i] for a in arrays))) for i in rng.integers(0, n, (n_boot, n))]
+    )
+    lo, hi = np.quantile(stats, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+# %% ../nbs/01a_results.ipynb #14ee4cc9
+def _numbers(value, baseline, margin) -> str:
+    "The numbers behind a claim, as text."
+    parts = [f'{k} {v:.4g}' for k, v in (('value', value), ('baseline', baseline)) if v is not None]
+    if value is not None and baseline is not None:
+        parts.append(f'difference {value - baseline:+.4g}')
+    if margin is not None:
+        parts.append(f'margin {margin:.4g}')
+    return f" ({', '.join(parts)})" if parts else ''
+
+
+def claim(
+    statement: str,
+    holds: bool,
+    *,
+    value: float | None = None,
+    baseline: float | None = None,
+    margin: float | None = None,
+) -> bool:
+    "Assert a claim of the prose at standard and full scale; at quick scale only report it."
+    holds, nums = bool(holds), _numbers(value, baseline, margin)
+    if holds:
+        print(f'claim holds: {statement}{nums}')
+    elif get_scale() == 'quick':
+        print(f'claim not checked at quick scale (it does not hold in this run): {statement}{nums}')
+    else:
+        raise AssertionError(
+            f'claim does not hold at the {get_scale()} scale: {statement}{nums}. '
+            'Fix the run, or change the prose to say what it measured.'
+        )
+    return holds
+
+
+def claim_better(
+    statement: str, value: float, baseline: float, margin: float, higher: bool = True
+) -> bool:
+    "Claim that `value` beats `baseline` by at least `margin` (`higher=False`: lower is better)."
+    if margin < 0:
+        raise ValueError(f'claim_better needs a margin >= 0, got {margin}: swap the two values.')
+    value, baseline = float(value), float(baseline)
+    gain = value - baseline if higher else baseline - value
+    return claim(statement, gain >= margin, value=value, baseline=baseline, margin=margin)
