@@ -25,8 +25,9 @@ from bigmodel_book.train.checkpoint import (
     TrainConfig,
     finish_run,
     load_weights,
-    run_callbacks,
+    read_run_config,
     save_weights,
+    start_run,
 )
 from bigmodel_book.gan.game import (
     GAN,
@@ -338,19 +339,10 @@ def save_gan(gan: GAN, folder: str | Path, variant: str, width: int) -> Path:
 def load_gan(path: str | Path) -> tuple[GAN, dict]:
     """Rebuild a GAN from a folder (or its `model.safetensors`) with `config.json` beside it; no
     pickle involved."""
-    path = Path(path)
-    folder = path if path.is_dir() else path.parent
-    cfg_path = folder / 'config.json'
-    if not cfg_path.exists():
-        raise FileNotFoundError(
-            f"No config.json in {folder}: pass the --out folder of 'bigmodel-book train gan'."
-        )
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError:
-        raise ValueError(f"{cfg_path} is not valid JSON.") from None
+    hint = "pass the --out folder of 'bigmodel-book train gan'."
+    folder, cfg = read_run_config(path, 'config.json', hint)
     if cfg.get('format') != 'bigmodel-book gan v1':
-        raise ValueError(f"{cfg_path} is not a bigmodel-book GAN config.")
+        raise ValueError(f"{folder / 'config.json'} is not a bigmodel-book GAN config.")
     gan = make_gan(cfg['variant'], cfg['z_dim'], cfg['width'])
     load_weights(gan, folder / 'model.safetensors')
     return gan.eval(), cfg
@@ -372,11 +364,11 @@ def train_gan(cfg: GANConfig) -> tuple[GANLearner, dict]:
     "Train a DCGAN, conditional GAN or WGAN-GP on the MNIST subset; return the learner and metrics."
     if cfg.width < 1:
         raise ValueError(f"width must be at least 1, got {cfg.width}.")
-    set_seed(cfg.seed)
+    cbs = start_run(cfg)
     data = mnist_gan_data(cfg.seed)
     dls = gan_dls(data, bs=cfg.bs, n_train=cfg.n_train, device=cfg.device)
     gan = make_gan(cfg.variant, width=cfg.width)
-    learn = gan_learner(cfg.variant, gan, dls, lr=cfg.lr, cbs=run_callbacks(cfg), quiet=cfg.quiet)
+    learn = gan_learner(cfg.variant, gan, dls, lr=cfg.lr, cbs=cbs, quiet=cfg.quiet)
     learn.fit(cfg.epochs, sched='constant')
     last = learn.recorder.history[-1]
     if cfg.out is not None:

@@ -277,19 +277,25 @@ def pair_dls(
     return batch_loaders(cols(train), cols(valid), bs=bs, device=device)
 
 # %% ../../nbs/61_recsys.models.ipynb #9ac0b554
+def _id_embeddings(n_users: int, n_items: int, dim: int) -> tuple[nn.Embedding, ...]:
+    "User and item vectors drawn from N(0, 0.1^2) and zero item biases: the ids of a factorisation."
+    user_emb, item_emb, item_bias = (
+        nn.Embedding(n_users, dim),
+        nn.Embedding(n_items, dim),
+        nn.Embedding(n_items, 1),
+    )
+    for e in (user_emb, item_emb):
+        nn.init.normal_(e.weight, std=0.1)
+    nn.init.zeros_(item_bias.weight)
+    return user_emb, item_emb, item_bias
+
+
 class BPRMF(nn.Module):
     "Matrix factorisation for ranking (7): score = user vector . item vector + item bias."
 
     def __init__(self, n_users: int, n_items: int, dim: int = 64):
         super().__init__()
-        self.user_emb, self.item_emb, self.item_bias = (
-            nn.Embedding(n_users, dim),
-            nn.Embedding(n_items, dim),
-            nn.Embedding(n_items, 1),
-        )
-        for e in (self.user_emb, self.item_emb):
-            nn.init.normal_(e.weight, std=0.1)
-        nn.init.zeros_(self.item_bias.weight)
+        self.user_emb, self.item_emb, self.item_bias = _id_embeddings(n_users, n_items, dim)
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         "Scores of `items` ([B] or [B, n]) for `users` [B]."

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ..data.external import MovieLens
 from .data import Interactions, Scorer, top_k_items, _check_k
-from .models import ImplicitLearner, _check_ids, _pair
+from .models import ImplicitLearner, _check_ids, _id_embeddings, _pair
 from ..train.learner import evaluating
 
 # %% auto #0
@@ -137,14 +137,7 @@ class TwoTower(nn.Module):
         self.register_buffer('user_feats', torch.tensor(side.user_feats))
         self.register_buffer('item_genres', torch.tensor(side.item_genres))
         self.register_buffer('item_year', torch.tensor(side.item_year))
-        self.user_emb, self.item_emb, self.item_bias = (
-            nn.Embedding(n_users, dim),
-            nn.Embedding(n_items, dim),
-            nn.Embedding(n_items, 1),
-        )
-        for e in (self.user_emb, self.item_emb):
-            nn.init.normal_(e.weight, std=0.1)
-        nn.init.zeros_(self.item_bias.weight)
+        self.user_emb, self.item_emb, self.item_bias = _id_embeddings(n_users, n_items, dim)
         self.field_embs = nn.ModuleList([nn.Embedding(n, feat_dim) for n in side.vocab])
         self.user_mlp = nn.Sequential(
             nn.Linear(feat_dim * len(side.vocab), hidden), nn.ReLU(), nn.Linear(hidden, dim)

@@ -18,12 +18,11 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ..core import set_seed
 from ..data.core import ArrayDataset, DataLoaders
 from ..data.external import shakespeare_split
 from .cells import Recurrent
 from ..train.callbacks import GradientClip
-from ..train.checkpoint import TrainConfig, finish_run, run_callbacks
+from ..train.checkpoint import TrainConfig, finish_run, start_run
 from ..train.learner import Learner, evaluating
 
 # %% ../../nbs/22_sequence.charlm.ipynb #ff50277d
@@ -306,8 +305,7 @@ class CharLMConfig(TrainConfig):
 
 def train_charlm(cfg: CharLMConfig) -> tuple[Learner, dict]:
     "Train a two-layer `CharRNN` on the training plays; metrics: test bits per character."
-    set_seed(cfg.seed)
-    cbs = run_callbacks(cfg) + [GradientClip(1.0)]
+    cbs = start_run(cfg, GradientClip(1.0))
     train_text, valid_text, test_text = shakespeare_split()
     tok = CharTokenizer.from_text(train_text)
     ids = torch.tensor(tok.encode(train_text[: cfg.chars or None]))

@@ -19,12 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core import set_seed
 from ..data.core import ArrayDataset, DataLoaders, split_ordered
 from ..data.external import load_co2, load_sunspots
 from .cells import Recurrent, check_sequence_batch
 from ..train.callbacks import GradientClip
-from ..train.checkpoint import TrainConfig, finish_run, run_callbacks
+from ..train.checkpoint import TrainConfig, finish_run, start_run
 from ..train.learner import Learner, mae, rmse
 
 # %% ../../nbs/21_sequence.forecast.ipynb #5543dd04
@@ -217,8 +216,7 @@ def train_forecaster(cfg: ForecastConfig) -> tuple[Learner, dict]:
     "Train a `Forecaster` on `cfg.series`; metrics: test RMSE and MAE in the series' units."
     if cfg.series not in ('sunspots', 'co2'):
         raise ValueError(f"series must be 'sunspots' or 'co2', got {cfg.series!r}.")
-    set_seed(cfg.seed)
-    cbs = run_callbacks(cfg) + [GradientClip(1.0)]
+    cbs = start_run(cfg, GradientClip(1.0))
     y = (load_sunspots() if cfg.series == 'sunspots' else load_co2()).to_numpy()
     window, horizon = (24, 5) if cfg.series == 'sunspots' else (104, 52)
     dss, _, (_, sd), _ = forecast_datasets(y, window, horizon)

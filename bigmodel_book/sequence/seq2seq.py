@@ -21,7 +21,6 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ..core import set_seed
 from bigmodel_book.data.core import (
     DataLoaders,
     lengths_mask,
@@ -32,7 +31,7 @@ from bigmodel_book.data.core import (
 from .cells import check_sequence_batch
 from .charlm import CharTokenizer, check_ids
 from ..train.callbacks import GradientClip
-from ..train.checkpoint import TrainConfig, finish_run, run_callbacks
+from ..train.checkpoint import TrainConfig, finish_run, start_run
 from ..train.learner import Learner
 
 # %% ../../nbs/23_sequence.seq2seq.ipynb #3a8afac2
@@ -328,8 +327,7 @@ class Seq2SeqConfig(TrainConfig):
 
 def train_seq2seq(cfg: Seq2SeqConfig) -> tuple[Learner, dict]:
     "Train the attention `Seq2Seq` on generated dates; metrics: test exact match (greedy)."
-    set_seed(cfg.seed)
-    cbs = run_callbacks(cfg) + [GradientClip(1.0)]
+    cbs = start_run(cfg, GradientClip(1.0))
     pairs = date_pairs(cfg.pairs, seed=cfg.seed)
     tr, va, te = split_indices(len(pairs), 0.05, 0.1, seed=cfg.seed)
     tok = CharTokenizer.from_text(''.join(pairs[i][0] for i in tr))

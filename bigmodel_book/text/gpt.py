@@ -18,12 +18,12 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 from torch.utils.data import Dataset
-from ..core import get_device, set_seed
+from ..core import get_device
 from ..data.core import ArrayDataset, DataLoaders
 from ..data.external import shakespeare_split
 from ..train.learner import Learner, evaluating
 from ..train.callbacks import GradientClip
-from ..train.checkpoint import TrainConfig, finish_run, load_weights, run_callbacks
+from ..train.checkpoint import TrainConfig, finish_run, load_weights, read_run_config, start_run
 from ..sequence.charlm import CharTokenizer, lm_loss, lm_windows, sample_next
 from .tokenize import BPETokenizer
 from .attention import TransformerBlock
@@ -237,7 +237,7 @@ def train_gpt(cfg: GPTTrainConfig) -> tuple[Learner, dict]:
     "Train a GPT on Shakespeare's training plays; return the learner and its validation bpc."
     if cfg.tokenizer not in ('bpe', 'char'):
         raise ValueError(f"tokenizer must be 'bpe' or 'char', got {cfg.tokenizer!r}.")
-    set_seed(cfg.seed)
+    cbs = start_run(cfg, GradientClip(1.0))
     train_text, valid_text, _ = shakespeare_split()
     if cfg.train_size:
         train_text = train_text[: cfg.train_size]
@@ -256,9 +256,7 @@ def train_gpt(cfg: GPTTrainConfig) -> tuple[Learner, dict]:
         device=cfg.device,
     )
     model = GPT(tok.vocab_size, cfg.block_size, cfg.d_model, cfg.n_heads, cfg.n_layers)
-    learn = Learner(
-        model, dls, lm_loss, cbs=[GradientClip(1.0)] + run_callbacks(cfg), quiet=cfg.quiet
-    )
+    learn = Learner(model, dls, lm_loss, cbs=cbs, quiet=cfg.quiet)
     learn.fit(cfg.epochs, lr=cfg.lr)
     if cfg.out is not None:
         Path(cfg.out).mkdir(parents=True, exist_ok=True)
@@ -275,15 +273,8 @@ def train_gpt(cfg: GPTTrainConfig) -> tuple[Learner, dict]:
 
 def load_gpt(checkpoint: str | Path, device=None) -> tuple[GPT, CharTokenizer | BPETokenizer]:
     "A GPT and its tokenizer from the `out` folder of `train_gpt` (or its `model.safetensors`)."
-    path = Path(checkpoint)
-    folder = path if path.is_dir() else path.parent
-    cfg_path = folder / 'gpt_config.json'
-    if not cfg_path.exists():
-        raise FileNotFoundError(
-            f"No gpt_config.json in {folder}: point --checkpoint at the --out folder of "
-            "'bigmodel-book train text --task gpt'."
-        )
-    cfg = json.loads(cfg_path.read_text())
+    hint = "point --checkpoint at the --out folder of 'bigmodel-book train text --task gpt'."
+    folder, cfg = read_run_config(checkpoint, 'gpt_config.json', hint)
     tc = cfg.pop('tokenizer')
     tok = BPETokenizer(tc['merges']) if tc.get('type') == 'byte-bpe' else CharTokenizer(tc['chars'])
     model = GPT(**cfg)

@@ -7,7 +7,8 @@ Docs: https://bigmodel-book.github.io/bigmodel-book/train.checkpoint.html.md"""
 # %% auto #0
 __all__ = ['FORMAT', 'save_weights', 'load_weights', 'clean_checkpoint_dir', 'save_checkpoint',
            'find_checkpoint', 'config_mismatch', 'load_checkpoint', 'Checkpoint',
-           'TrainConfig', 'run_callbacks', 'finish_run', 'DigitsConfig', 'train_digits']
+           'TrainConfig', 'run_callbacks', 'start_run', 'finish_run', 'read_run_config',
+           'DigitsConfig', 'train_digits']
 
 # %% ../../nbs/05_train.checkpoint.ipynb #86eea8bf
 import json, math, os, random, shutil, tempfile
@@ -379,6 +380,12 @@ def run_callbacks(cfg: TrainConfig) -> list[Callback]:
     return cbs
 
 
+def start_run(cfg: TrainConfig, *cbs: Callback) -> list[Callback]:
+    "Seed the run with `cfg.seed`; its callbacks: `run_callbacks(cfg)`, then the recipe's `cbs`."
+    set_seed(cfg.seed)
+    return run_callbacks(cfg) + list(cbs)
+
+
 def finish_run(learn: Learner, cfg: TrainConfig, metrics: dict) -> dict:
     "Save the final weights and `metrics.json` into `cfg.out` (if set) and return the metrics."
     if cfg.out is None:
@@ -393,6 +400,19 @@ def finish_run(learn: Learner, cfg: TrainConfig, metrics: dict) -> dict:
     return metrics
 
 
+def read_run_config(path: str | Path, name: str, hint: str) -> tuple[Path, dict]:
+    "The folder of `path` (a run folder or the weights file in it) and its parsed JSON file `name`."
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    cfg_path = folder / name
+    if not cfg_path.exists():
+        raise FileNotFoundError(f"No {name} in {folder}: {hint}")
+    try:
+        return folder, json.loads(cfg_path.read_text())
+    except json.JSONDecodeError:
+        raise ValueError(f"{cfg_path} is not valid JSON.") from None
+
+
 @dataclass
 class DigitsConfig(TrainConfig):
     "Settings of `bigmodel-book train digits` (defaults: the chapter's run)."
@@ -403,10 +423,10 @@ class DigitsConfig(TrainConfig):
 
 def train_digits(cfg: DigitsConfig) -> tuple[Learner, dict]:
     "Train the two-layer perceptron on the 8x8 digits; returns the learner and test metrics."
-    set_seed(cfg.seed)
+    cbs = start_run(cfg)
     dls = digits_dls(bs=cfg.bs, seed=cfg.seed, device=cfg.device)
     loss = nn.CrossEntropyLoss()
-    learn = Learner(mlp(), dls, loss, metrics=[accuracy], cbs=run_callbacks(cfg), quiet=cfg.quiet)
+    learn = Learner(mlp(), dls, loss, metrics=[accuracy], cbs=cbs, quiet=cfg.quiet)
     learn.fit(cfg.epochs, lr=cfg.lr)
     test = {f'test_{k}': v for k, v in learn.evaluate(dls.test).items()}
     return learn, finish_run(learn, cfg, {'task': 'digits', **test})
