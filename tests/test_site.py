@@ -126,7 +126,7 @@ def test_pages_in_a_real_browser(site):
         checks = {
             'index.html': 'front page',
             'train.learner.html': 'formulas',
-            'data.core.html': 'plots',
+            'data.external.html': 'plots',
         }
         for name, what in checks.items():
             page.goto((site / name).as_uri())
