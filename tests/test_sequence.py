@@ -110,6 +110,17 @@ def test_cells_match_torch(ours_cls, ref_cls):
         assert torch.allclose(ours(x, h), ref(x, h), atol=1e-6)
 
 
+@pytest.mark.parametrize('bf', [1.0, 0.0, -2.0])
+def test_lstm_forget_bias_sets_the_initial_forget_gate(bf):
+    "b_f = forget_bias in the f block (equation 5): sigma(1) = 0.73; Recurrent passes it on."
+    H = 6
+    for cell in (LSTMCell(3, H, forget_bias=bf), Recurrent('lstm', 3, H, forget_bias=bf).cells[0]):
+        b = cell.bias_ih.detach() + cell.bias_hh.detach()
+        assert torch.allclose(b[H : 2 * H], torch.full((H,), bf))
+        assert not torch.allclose(b[:H], torch.full((H,), bf))  # other gates keep their init
+    assert abs(torch.sigmoid(torch.tensor(LSTMCell(3, H).bias_ih[H].item())) - 0.731) < 1e-3
+
+
 @pytest.mark.parametrize('mode', ['gru', 'lstm'])
 def test_masked_equals_packed(mode):
     torch.manual_seed(0)

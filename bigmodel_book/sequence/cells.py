@@ -90,9 +90,12 @@ class GRUCell(nn.Module):
 class LSTMCell(nn.Module):
     "The LSTM cell of equation (3), gates (i, f, g, o) as in `torch.nn.LSTMCell`; state `(h, c)`."
 
-    def __init__(self, input_size: int, hidden_size: int):
+    def __init__(self, input_size: int, hidden_size: int, forget_bias: float = 1.0):
         super().__init__()
         _init_cell(self, input_size, hidden_size, 4)
+        with torch.no_grad():  # b_f = forget_bias (equation 5): sigma(1) = 0.73 keeps c by default
+            self.bias_ih[hidden_size : 2 * hidden_size] = forget_bias
+            self.bias_hh[hidden_size : 2 * hidden_size] = 0.0
 
     def forward(
         self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
@@ -161,6 +164,7 @@ class Recurrent(nn.Module):
         batch_first: bool = False,
         dropout: float = 0.0,
         nonlinearity: str = 'tanh',
+        forget_bias: float = 1.0,
     ):
         super().__init__()
         if mode not in _CELLS:
@@ -179,7 +183,8 @@ class Recurrent(nn.Module):
             dropout,
             2 if bidirectional else 1,
         )
-        kw = dict(nonlinearity=nonlinearity) if mode == 'rnn' else {}
+        kw = {'rnn': dict(nonlinearity=nonlinearity), 'lstm': dict(forget_bias=forget_bias)}
+        kw = kw.get(mode, {})
         self.cells = nn.ModuleList(
             _CELLS[mode](input_size if l == 0 else hidden_size * self.D, hidden_size, **kw)
             for l in range(num_layers)
