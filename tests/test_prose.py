@@ -60,8 +60,6 @@ ALLOWED: dict[str, list[tuple[str, str]]] = {
         ('0.85', 'issue 22: to fix in the re-run of chapter 8.2 (no test-set forking paths)'),
     ],
     '72_lifecycle.distill.ipynb': [
-        # "18% fewer test errors": derived, printed nowhere
-        ('18%', 'issue 22: to fix in the re-run of chapter 8.3 (print the error reduction)'),
         # "the distilled student lost (0.892 against 0.905)": an earlier, unshown run
         ('0.892', 'issue 22: to fix in the re-run of chapter 8.3 (no test-set forking paths)'),
         ('0.905', 'issue 22: to fix in the re-run of chapter 8.3 (no test-set forking paths)'),
