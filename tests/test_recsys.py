@@ -206,3 +206,26 @@ def test_cli_bad_model(tmp_path):
 
     with pytest.raises(SystemExit):
         train_recsys_main(['--model', 'svd', '--out', str(tmp_path)])
+
+
+def test_leave_last_out_breaks_ties_at_random():
+    # 300 users who rated three films in the same second: sorting ties by item id would always make
+    # the highest id the test item; the seeded random order must carry no such signal
+    df = pd.DataFrame(
+        {
+            'user_id': np.repeat(np.arange(300), 5),
+            'movie_id': np.tile([1, 2, 3, 4, 5], 300),
+            'rating': 3,
+            'timestamp': np.tile([10, 20, 30, 30, 30], 300),
+        }
+    )
+    data = encode_interactions(df)
+    tr, va, te = leave_last_out(data)
+    assert len(te) == len(va) == 300 and set(te.movie_id) | set(va.movie_id) <= {3, 4, 5}
+    assert set(tr.movie_id) >= {1, 2} and (tr.groupby('user').size() == 3).all()
+    share_max = (te.movie_id == 5).mean()
+    assert 0.2 < share_max < 0.5, share_max  # about 1/3, not 1
+    again = leave_last_out(data, seed=42)[2]
+    assert te.movie_id.tolist() == again.movie_id.tolist()  # repeatable with the default seed
+    other = leave_last_out(data, seed=7)[2]
+    assert (other.movie_id.to_numpy() != te.movie_id.to_numpy()).any()

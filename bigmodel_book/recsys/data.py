@@ -94,10 +94,17 @@ def random_rating_split(
     return tuple(data.ratings.iloc[i].reset_index(drop=True) for i in (tr, va, te))
 
 
-def leave_last_out(data: Interactions) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def leave_last_out(
+    data: Interactions, seed: int = 42
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Per user: the last interaction by time is the test item, the one before it validation, the
-    rest training."""
-    df = data.ratings.sort_values(['user', 'timestamp', 'item'], kind='stable')
+    rest training; same-second ties in a seeded random order."""
+    tie = np.random.default_rng(seed).permutation(len(data.ratings))
+    df = (
+        data.ratings.assign(_tie=tie)
+        .sort_values(['user', 'timestamp', '_tie'], kind='stable')
+        .drop(columns='_tie')
+    )
     pos_from_end = df.groupby('user').cumcount(ascending=False).to_numpy()
     n = df.groupby('user')['item'].transform('size').to_numpy()
     test, valid = (pos_from_end == 0) & (n >= 3), (pos_from_end == 1) & (n >= 3)
