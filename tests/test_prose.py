@@ -54,6 +54,7 @@ ALLOWED: dict[str, list[tuple[str, str]]] = {
         # "an earlier version ... reached only 54 % on the test voices": a result of a run the
         # notebook no longer shows, and a design revised on test voices
         ('54%', 'issue 22: to fix in the re-run of chapter 5.2 (choose on validation voices)'),
+        ('62%', 'issue 22: to fix in the re-run of chapter 5.2 (same earlier run, not shown)'),
     ],
     '71_lifecycle.finetune.ipynb': [
         # "transfer did not beat scratch (0.83 against 0.85)": an earlier, unshown run
@@ -74,6 +75,8 @@ NOT_RESULTS: dict[str, list[tuple[str, str]]] = {
         ('0.025', 'the step speed factors are rounded to, a setting'),
     ],
     '60_recsys.data.ipynb': [('0.29', 'NDCG discount at rank 10, 1/log2(11), worked by hand')],
+    '13_vision.detect.ipynb': [('0.25', 'AP of a hand-worked two-object example')],
+    '70_lifecycle.tune.ipynb': [('0.28', 'one test image in points, 1/360, worked by hand')],
 }
 
 RESULT_WORDS = re.compile(
@@ -209,7 +212,7 @@ def json_numbers(x) -> list[float]:
     return []
 
 
-CITES_CHAPTER = re.compile(r'\b(?:chapter|section|part)\s+\d|\bLINK\b|\b\d\.\d\b', re.I)
+CITES_CHAPTER = re.compile(r'\b(?:chapter|section|part)\s+\d|\bLINK\b', re.I)
 
 
 def numbers_in(text: str) -> list[tuple[float, int]]:
