@@ -24,11 +24,13 @@ reinstall:
 	$(BIN)/pip install --quiet -e ".[dev,all]" $(TORCH_PINS)
 	$(BIN)/pip install --quiet --no-deps $(CARRIERS)
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	echo "$(CURDIR)/tools" > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/bigmodel_book_tools.pth"
 	cat pyproject.toml Makefile > $(STAMP)
 
-# nbdev-export, then the subpackages' __init__ files and the first edition's import paths
+# nbdev-export; through tools/book_export.py it also writes the subpackages' __init__ files and
+# the first edition's import paths
 export: install
-	$(BIN)/python tools/export.py
+	$(BIN)/nbdev-export
 
 book: export docs
 	@echo "The book is built: open _docs/index.html"

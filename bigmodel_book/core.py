@@ -15,7 +15,7 @@ import torch
 
 # %% auto #0
 __all__ = ['SCALES', 'get_device', 'require_gpu', 'set_seed', 'environ', 'get_scale', 'by_scale',
-           'cache_dir', 'sha256sum', 'download', 'require', 'Timer']
+           'cache_dir', 'sha256sum', 'download', 'require', 'Timer', 'forwarder']
 
 # %% ../nbs/01_core.ipynb #05ab6c99
 _DEVICE_HELP = "Use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps' (or set BMB_DEVICE)."
@@ -213,15 +213,23 @@ class Timer:
         return f"Timer({self.name!r}, {self.elapsed:.4f}s)"
 
 # %% ../nbs/01_core.ipynb #e6042275
-_MOVED_TO_RESULTS = {'project_root', 'results_dir', 'meets_goal', 'record_results'}
+def forwarder(old: str, moved: dict[str, str], warn_each: bool = True):
+    "A module `__getattr__` that finds each first-edition name (`name: 'module:new'`) where it is."
+
+    def __getattr__(name: str):
+        if name not in moved:
+            raise AttributeError(f"module 'bigmodel_book.{old}' has no attribute {name!r}")
+        import importlib, warnings
+
+        module, new = moved[name].split(':')
+        if warn_each:
+            msg = f"bigmodel_book.{old}.{name} is now bigmodel_book.{module}.{new}"
+            warnings.warn(msg + "; the old path works for one release.", DeprecationWarning, 2)
+        return getattr(importlib.import_module(f'bigmodel_book.{module}'), new)
+
+    return __getattr__
 
 
-def __getattr__(name: str):
-    "The first edition kept results bookkeeping here: forward it, with a warning, for a release."
-    if name not in _MOVED_TO_RESULTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib, warnings
-
-    msg = f"bigmodel_book.core.{name} is now bigmodel_book.results.{name}"
-    warnings.warn(msg, DeprecationWarning, stacklevel=2)
-    return getattr(importlib.import_module('bigmodel_book.results'), name)
+# the first edition kept the results bookkeeping here
+_RESULTS = ('project_root', 'results_dir', 'meets_goal', 'record_results')
+__getattr__ = forwarder('core', {name: f'results:{name}' for name in _RESULTS})
