@@ -13,8 +13,14 @@ SHIM = '# compatibility shim'
 
 # the floors of the library, bottom first; parts share one floor
 LAYERS = {'core': 0, 'results': 1, 'data': 2, 'train': 3, 'cli': 5}
-PARTS = {'vision', 'sequence', 'gan', 'speech', 'text', 'recsys', 'lifecycle'}
-ALLOWED = {('text', 'sequence')} | {('lifecycle', p) for p in PARTS}
+PARTS = {
+    'vision', 'sequence', 'gan', 'speech', 'text', 'recsys', 'lifecycle', 'scale', 'trust', 'apps',
+}
+# text builds on sequence's cells, applications on sequence and text; scaling up, trust and the
+# lifecycle take any part's models
+USERS = ('lifecycle', 'scale', 'trust')
+ALLOWED = {('text', 'sequence'), ('apps', 'sequence'), ('apps', 'text')}
+ALLOWED |= {(user, p) for user in USERS for p in PARTS}
 
 
 def modules() -> dict[str, Path]:
