@@ -3,7 +3,7 @@ broken internal links, and pages that look like a book in a real browser (headle
 network off): typeset maths, loaded figures, highlighted code, hidden cells hidden, sidebar links
 that resolve. Screenshots go to test-output/site/."""
 
-import re, shutil, subprocess, sys
+import os, re, shutil, subprocess, sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -20,6 +20,8 @@ CHROMIUM = shutil.which('chromium') or shutil.which('chromium-browser')
 
 @pytest.fixture(scope='module')
 def site(tmp_path_factory):
+    if os.environ.get('BMB_SITE'):  # a site built already (python tools/offline_site.py)
+        return Path(os.environ['BMB_SITE'])
     out = tmp_path_factory.mktemp('site') / '_docs'
     r = subprocess.run(
         [sys.executable, str(ROOT / 'tools' / 'offline_site.py'), '--out', str(out)],
@@ -99,68 +101,156 @@ def test_hidden_cells_hidden_and_api_docs_rendered(site):
     assert 'class="highlight' in learner and '<span class="k' in learner, 'code is not highlighted'
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason='Chromium is not installed (apt-get install chromium)')
-def test_pages_in_a_real_browser(site):
+BROWSER_ARGS = [
+    '--no-sandbox',
+    '--disable-gpu',
+    '--no-first-run',
+    '--disable-background-networking',
+    '--disable-component-update',
+    '--disable-sync',
+]
+PAGES = {
+    'index.html': 'front page',
+    'train.learner.html': 'formulas',
+    'data.external.html': 'plots',
+    'results.all.html': 'results',
+}
+PAGE_INFO = """() => {
+    const main = document.querySelector('main').cloneNode(true);
+    main.querySelectorAll('pre, code, math').forEach(e => e.remove());
+    const imgs = [...document.querySelectorAll('main img')];
+    const maths = [...document.querySelectorAll('math')];
+    return {text: main.innerText, maths: maths.length,
+            mathWidth: Math.max(0, ...maths.map(m => m.getBoundingClientRect().width)),
+            images: imgs.length,
+            loaded: imgs.filter(i => i.complete && i.naturalWidth > 0).length,
+            nav: [...document.querySelectorAll('nav.sidebar a')].map(a => a.getAttribute('href')),
+            toc: document.querySelectorAll('nav.toc a').length,
+            copy: document.querySelectorAll('button.copy').length,
+            code: document.querySelectorAll('.jp-InputArea .highlight').length,
+            title: document.title};
+}"""
+
+
+@pytest.fixture(scope='module')
+def browser():
+    if CHROMIUM is None:
+        pytest.skip('Chromium is not installed (apt-get install chromium)')
     from playwright.sync_api import sync_playwright
 
     SHOTS.mkdir(parents=True, exist_ok=True)
-    external = []
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                '--no-sandbox',
-                '--disable-gpu',
-                '--no-first-run',
-                '--disable-background-networking',
-                '--disable-component-update',
-                '--disable-sync',
-            ],
+        b = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        yield b
+        b.close()
+
+
+def open_page(browser, site, name, external, **context):
+    "A page in a fresh offline context; requests that leave file: go to `external`."
+    ctx = browser.new_context(offline=True, **context)
+    page = ctx.new_page()
+    page.on(
+        'request',
+        lambda r: external.append(r.url) if not r.url.startswith(('file:', 'data:')) else None,
+    )
+    page.goto((site / name).as_uri())
+    page.wait_for_load_state('load')
+    return page
+
+
+def test_pages_in_a_real_browser(site, browser):
+    external = []
+    for name, what in PAGES.items():
+        page = open_page(browser, site, name, external, viewport={'width': 1300, 'height': 1800})
+        info = page.evaluate(PAGE_INFO)
+        page.screenshot(path=str(SHOTS / f'{Path(name).stem}.png'))
+        raw_maths = r'\$\$|(?<![\w$])\$[^$\s][^$\n]{0,80}\$(?![\w$])'
+        assert not re.search(raw_maths, info['text']), f'{name}: raw $...$ left in the text'
+        assert info['images'] == info['loaded'], (
+            f"{name}: {info['images'] - info['loaded']} image(s) failed to load"
         )
-        ctx = browser.new_context(offline=True, viewport={'width': 1300, 'height': 1800})
-        page = ctx.new_page()
-        page.on(
-            'request',
-            lambda r: external.append(r.url) if not r.url.startswith(('file:', 'data:')) else None,
+        assert len(info['nav']) >= len(list((ROOT / 'nbs').glob('*.ipynb'))) and all(
+            (site / h).exists() for h in info['nav']
         )
-        checks = {
-            'index.html': 'front page',
-            'train.learner.html': 'formulas',
-            'data.external.html': 'plots',
-        }
-        for name, what in checks.items():
-            page.goto((site / name).as_uri())
-            page.wait_for_load_state('load')
-            info = page.evaluate("""() => {
-                const main = document.querySelector('main').cloneNode(true);
-                main.querySelectorAll('pre, code, math').forEach(e => e.remove());
-                const imgs = [...document.querySelectorAll('main img')];
-                const maths = [...document.querySelectorAll('math')];
-                return {text: main.innerText, maths: maths.length,
-                        mathWidth: Math.max(0, ...maths.map(m => m.getBoundingClientRect().width)),
-                        images: imgs.length,
-                        loaded: imgs.filter(i => i.complete && i.naturalWidth > 0).length,
-                        nav: [...document.querySelectorAll('nav.sidebar a')]
-                            .map(a => a.getAttribute('href')),
-                        title: document.title};
-            }""")
-            page.screenshot(path=str(SHOTS / f'{Path(name).stem}.png'))
-            raw_maths = r'\$\$|(?<![\w$])\$[^$\s][^$\n]{0,80}\$(?![\w$])'
-            assert not re.search(raw_maths, info['text']), (
-                f'{name}: raw $...$ left in the text'
-            )
-            assert info['images'] == info['loaded'], (
-                f"{name}: {info['images'] - info['loaded']} image(s) failed to load"
-            )
-            assert len(info['nav']) >= len(list((ROOT / 'nbs').glob('*.ipynb'))) and all(
-                (site / h).exists() for h in info['nav']
-            )
-            if what == 'formulas':
-                assert info['maths'] >= 10 and info['mathWidth'] > 20, 'formulas are not typeset'
-            if what == 'plots':
-                assert info['images'] >= 3
-        browser.close()
+        assert info['copy'] == info['code'], f'{name}: code blocks without a copy button'
+        if what == 'formulas':
+            assert info['maths'] >= 10 and info['mathWidth'] > 20, 'formulas are not typeset'
+            assert info['toc'] >= 5, 'no contents list on a chapter page'
+        if what == 'plots':
+            assert info['images'] >= 3
+        page.context.close()
     assert not external, f'pages asked the network for {external[:5]}'
+
+
+def test_search_from_file_url(site, browser):
+    external = []
+    page = open_page(browser, site, 'index.html', external, viewport={'width': 1300, 'height': 900})
+    page.fill('#search', 'forget gate')
+    page.wait_for_selector('#hits li a')
+    hits = page.eval_on_selector_all('#hits li a', 'as => as.map(a => a.getAttribute("href"))')
+    assert any(h.startswith('sequence.cells.html') for h in hits), hits[:5]
+    page.screenshot(path=str(SHOTS / 'search.png'))
+    page.click('#hits li a')
+    page.wait_for_load_state('load')
+    assert page.url.split('/')[-1].split('#')[0] == hits[0].split('#')[0]
+    assert page.evaluate("document.querySelector('h1.title').innerText")
+    page.context.close()
+    assert not external, f'search asked the network for {external[:5]}'
+
+
+def test_phone_layout_shows_text_first(site, browser):
+    external = []
+    for name in PAGES:
+        page = open_page(
+            browser,
+            site,
+            name,
+            external,
+            viewport={'width': 390, 'height': 844},
+            device_scale_factor=2,
+            is_mobile=True,
+            has_touch=True,
+        )
+        layout = page.evaluate("""() => ({
+            sidebar: document.querySelector('nav.sidebar').offsetHeight,
+            menu: document.getElementById('menu-toggle').offsetHeight,
+            title: document.querySelector('h1.title').getBoundingClientRect().top,
+            wide: document.documentElement.scrollWidth})""")
+        page.screenshot(path=str(SHOTS / f'{Path(name).stem}-phone.png'))
+        assert layout['sidebar'] == 0 and layout['menu'] > 0, 'the menu is not folded on a phone'
+        assert layout['title'] < 844 / 2, 'the first screen on a phone shows no text'
+        page.click('#menu-toggle')
+        assert page.evaluate("document.querySelector('nav.sidebar').offsetHeight") > 100
+        page.context.close()
+    assert not external
+
+
+def test_dark_mode_follows_the_system_and_toggles(site, browser):
+    external = []
+    background = "getComputedStyle(document.body).backgroundColor"
+    for name in PAGES:
+        page = open_page(
+            browser,
+            site,
+            name,
+            external,
+            color_scheme='dark',
+            viewport={'width': 1300, 'height': 1800},
+        )
+        assert page.evaluate('document.documentElement.dataset.theme') == 'dark'
+        assert page.evaluate(background) == 'rgb(24, 26, 27)'
+        page.screenshot(path=str(SHOTS / f'{Path(name).stem}-dark.png'))
+        page.click('#theme-toggle')
+        assert page.evaluate(background) == 'rgb(255, 255, 255)'
+        page.context.close()
+    assert not external
+
+
+def test_maths_spacing_and_equation_numbers():
+    out = offline_site.typeset_math(r'$$\log p(x) = \ln q \tag{3}$$')
+    assert '<span class="eqno">(3)</span>' in out and '(3)</mtext>' not in out
+    assert '<mi>log</mi><mspace' in out and '<mi>ln</mi><mspace' in out
+    assert '<mi>exp</mi><mspace' not in offline_site.typeset_math(r'$\exp(x)$')
 
 
 def test_readme_overview_matches_front_page():
@@ -172,3 +262,11 @@ def test_readme_overview_matches_front_page():
     assert commands[:2] == ['make book', 'make test'], (
         'README must start with the two set-up commands'
     )
+
+
+def test_quarto_site_needs_no_cdn_and_has_dark_mode():
+    import yaml
+
+    html = yaml.safe_load((ROOT / 'nbs' / '_quarto.yml').read_text())['format']['html']
+    assert html['html-math-method'] == 'mathml', 'maths must not load a renderer from a CDN'
+    assert set(html['theme']) == {'light', 'dark'}, 'the Quarto site needs a dark theme too'

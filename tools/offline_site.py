@@ -2,16 +2,20 @@
 
 The notebooks go through nbdev's own processing (`nbdev-proc-nbs`: hidden cells dropped,
 `show_doc` rendered, front matter made), then nbconvert's HTML exporter renders each one. This
-script only adds what Quarto would: the page shell with the sidebar of parts, maths typeset to
-MathML at build time (latex2mathml), links between notebooks rewritten to pages, and the cell
-options nbdev leaves behind (`#| echo: false`, `#| output: asis`).
+script only adds what Quarto would: the page shell with the sidebar of parts, a contents list per
+page, full-text search that works from file:// (the index is a script, not a fetched file), dark
+mode, copy buttons, a menu button on phones, maths typeset to MathML at build time (latex2mathml;
+no renderer to load), links between notebooks rewritten to pages, and the cell options nbdev
+leaves behind (`#| echo: false`, `#| output: asis`). The shell's CSS and JavaScript are in
+tools/site/.
 
 usage: python tools/offline_site.py [--out _docs] [--no-proc]
 """
 
 from __future__ import annotations
 
-import argparse, html, re, shutil, sys
+import argparse, html, json, re, shutil, sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import nbformat, yaml
@@ -20,7 +24,7 @@ from nbconvert import HTMLExporter
 from pygments.formatters import HtmlFormatter
 
 ROOT = Path(__file__).resolve().parent.parent
-NBS, PROC = ROOT / 'nbs', ROOT / '_proc'
+NBS, PROC, ASSETS = ROOT / 'nbs', ROOT / '_proc', ROOT / 'tools' / 'site'
 
 # -------------------------------------------------------------------------------------------- maths
 _CODE = re.compile(r'(```.*?```|~~~.*?~~~|`[^`\n]+`)', re.S)
@@ -35,23 +39,36 @@ class MathErrors(list):
 MATH_ERRORS = MathErrors()
 
 
+_TAG = re.compile(r'\\tag\{([^}]*)\}')
+# operator names that latex2mathml leaves without the thin space TeX puts after them
+_FUNCTION = re.compile(
+    r'(<mi>(?:log|ln|exp|sin|cos|tan|tanh|det|dim|lg)</mi>)(?!<mo stretchy="false">&#x00028;)'
+)
+_THIN = '<mspace width="0.1667em"></mspace>'
+
+
 def _mathml(tex: str, display: bool) -> str:
     try:
         out = latex_to_mathml(tex.strip(), display='block' if display else 'inline')
     except Exception as e:  # keep the page readable, and report it
         MATH_ERRORS.append(f'{tex!r}: {type(e).__name__}: {e}')
         return f'<code class="math-error">{html.escape(tex)}</code>'
-    return out.replace('\n', '')
+    return _FUNCTION.sub(lambda m: m.group(1) + _THIN, out.replace('\n', ''))
+
+
+def _display(tex: str) -> str:
+    "A display formula; a \\tag{n} becomes an equation number at the right margin."
+    tag = _TAG.search(tex)
+    number = f'<span class="eqno">({html.escape(tag.group(1))})</span>' if tag else ''
+    body = _mathml(_TAG.sub('', tex), True)
+    return f'\n\n<div class="math-display">{body}{number}</div>\n\n'
 
 
 def typeset_math(md: str) -> str:
     "Replace $...$ and $$...$$ outside code with MathML."
     parts = _CODE.split(md)
     for i in range(0, len(parts), 2):
-        s = _DISPLAY.sub(
-            lambda m: '\n\n<div class="math-display">' + _mathml(m.group(1), True) + '</div>\n\n',
-            parts[i],
-        )
+        s = _DISPLAY.sub(lambda m: _display(m.group(1)), parts[i])
         parts[i] = _INLINE.sub(lambda m: _mathml(m.group(1), False), s)
     return ''.join(parts)
 
@@ -178,13 +195,117 @@ PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title} – {book}</title>
-<link rel="stylesheet" href="site.css"><link rel="stylesheet" href="styles.css"></head>
-<body><header class="topbar"><a class="book" href="index.html">{book}</a><a class="repo"
-href="{repo}">source on GitHub</a></header>
-<div class="layout"><nav class="sidebar" aria-label="Parts and chapters">{nav}</nav>
-<main class="content"><h1 class="title">{title}</h1>{description}{body}
-<nav class="pager">{prev}{next}</nav></main></div></body></html>
+<script>{theme_script}</script>
+<link rel="stylesheet" href="site.css"><link rel="stylesheet" href="styles.css">
+<script defer src="search-index.js"></script><script defer src="site.js"></script></head>
+<body><header class="topbar">
+<button id="menu-toggle" type="button" aria-expanded="false"
+aria-controls="sidebar">☰ Chapters</button>
+<a class="book" href="index.html">{book}</a><span class="spacer"></span>
+<div class="searchbox" role="search"><input id="search" type="search" placeholder="Search the book"
+aria-label="Search the book" autocomplete="off"><ul id="hits" hidden></ul></div>
+<button id="theme-toggle" type="button" aria-label="Switch dark mode">◐</button>
+<a class="repo" href="{repo}">source on GitHub</a></header>
+<div class="layout"><nav class="sidebar" id="sidebar" aria-label="Parts and chapters">{nav}</nav>
+<main class="content"><h1 class="title">{title}</h1>{description}{toc_inline}{body}
+<nav class="pager">{prev}{next}</nav></main>{toc}</div></body></html>
 """
+
+# before the first paint: the reader's choice, else the system's
+THEME_SCRIPT = (
+    "try{var t=localStorage.getItem('book-theme')}catch(e){}"
+    "document.documentElement.dataset.theme=t||"
+    "(matchMedia('(prefers-color-scheme: dark)').matches?'dark':'light')"
+)
+
+_HEADING = re.compile(r'<h([23]) id="([^"]+)"[^>]*>(.*?)</h\1>', re.S)
+_TAGS = re.compile(r'<[^>]+>')
+
+
+def headings(body: str) -> list[tuple[int, str, str]]:
+    "(level, id, text) of the page's h2 and h3 headings."
+    out = []
+    for level, ident, inner in _HEADING.findall(body):
+        text = html.unescape(_TAGS.sub('', inner)).replace('¶', '').strip()
+        out.append((int(level), ident, text))
+    return out
+
+
+def toc_html(body: str) -> tuple[str, str]:
+    "The page's contents list: a side column on wide screens, a folded box on narrow ones."
+    found = headings(body)
+    if len(found) < 2:
+        return '', ''
+    links = ''.join(
+        f'<li class="h{level}"><a href="#{ident}">{html.escape(text)}</a></li>'
+        for level, ident, text in found
+    )
+    title = 'On this page'
+    side = f'<nav class="toc" aria-label="{title}"><h2>{title}</h2><ul>{links}</ul></nav>'
+    inline = f'<details class="toc-inline"><summary>{title}</summary><ul>{links}</ul></details>'
+    return side, inline
+
+
+class SectionText(HTMLParser):
+    "The text of a page cut at its headings: [(heading id, heading, text)], maths left out."
+
+    SKIP = {'script', 'style', 'math', 'button'}
+
+    def __init__(self):
+        super().__init__()
+        self.sections, self.skipping, self.in_heading = [['', '', []]], 0, False
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag in self.SKIP:
+            self.skipping += 1
+        elif tag in ('h2', 'h3') and a.get('id'):
+            self.sections.append([a['id'], '', []])
+            self.in_heading = True
+
+    def handle_endtag(self, tag):
+        if tag in self.SKIP:
+            self.skipping = max(0, self.skipping - 1)
+        elif tag in ('h2', 'h3'):
+            self.in_heading = False
+
+    def handle_data(self, data):
+        if self.skipping or data.strip() == '¶':
+            return
+        target = self.sections[-1]
+        if self.in_heading:
+            target[1] += data
+        else:
+            target[2].append(data)
+
+
+def search_entries(url: str, title: str, body: str, limit: int = 3000) -> list[dict]:
+    "Search-index entries of one page, one per section."
+    parser = SectionText()
+    parser.feed(body)
+    out = []
+    for ident, heading, chunks in parser.sections:
+        text = re.sub(r'\s+', ' ', ' '.join(chunks)).strip()[:limit]
+        if text or heading:
+            href = url + (f'#{ident}' if ident else '')
+            out.append({'url': href, 'title': title, 'heading': heading.strip(), 'text': text})
+    return out
+
+
+def write_search_index(out: Path, entries: list[dict]):
+    "search-index.js: a script, so that the browser loads it from file:// without a server."
+    data = json.dumps(entries, ensure_ascii=False, separators=(',', ':'))
+    (out / 'search-index.js').write_text(f'window.BOOK_INDEX={data};\n', encoding='utf-8')
+
+
+def write_assets(out: Path):
+    "The shell's CSS (with code highlighting for light and dark) and JavaScript."
+    light = HtmlFormatter(style='friendly').get_style_defs('.highlight')
+    dark = HtmlFormatter(style='github-dark').get_style_defs('[data-theme=dark] .highlight')
+    css = (ASSETS / 'site.css').read_text()
+    (out / 'site.css').write_text(css + light + '\n' + dark + '\n')
+    shutil.copy(ASSETS / 'site.js', out / 'site.js')
+    shutil.copy(NBS / 'styles.css', out / 'styles.css')
 
 
 def nav_html(entries, titles: dict[str, str], pages: dict[str, str], current: str) -> str:
@@ -199,48 +320,6 @@ def nav_html(entries, titles: dict[str, str], pages: dict[str, str], current: st
         heading = '<h2>' + html.escape(section) + '</h2>' if section else ''
         out.append(f'<div class="part">{heading}<ul>{links}</ul></div>')
     return ''.join(out)
-
-
-SITE_CSS = """
-body{margin:0;font:16px/1.6 -apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;
-  color:#212529;background:#fff}
-.topbar{position:sticky;top:0;z-index:2;display:flex;justify-content:space-between;
-  align-items:center;padding:.6rem 1.2rem;background:#2780e3;color:#fff}
-.topbar a{color:#fff;text-decoration:none}.topbar .book{font-weight:600;font-size:1.1rem}
-.layout{display:flex;max-width:1400px;margin:0 auto}
-.sidebar{flex:0 0 270px;padding:1rem;border-right:1px solid #e9ecef;font-size:.92rem;
-  position:sticky;top:3rem;align-self:flex-start;max-height:calc(100vh - 3rem);overflow:auto}
-.sidebar h2{font-size:.8rem;text-transform:uppercase;letter-spacing:.05em;color:#6c757d;
-  margin:1rem 0 .3rem}
-.sidebar ul{list-style:none;margin:0;padding:0}
-.sidebar li a{display:block;padding:.15rem .4rem;color:#343a40;text-decoration:none;
-  border-radius:4px}
-.sidebar li.active a{background:#e7f1fc;color:#1a64b4;font-weight:600}
-.sidebar li a:hover{background:#f1f3f5}
-.content{flex:1;min-width:0;padding:1rem 2.5rem 3rem;max-width:980px}
-.content h1.title{margin-bottom:.2rem}.description{color:#6c757d;font-size:1.1rem;margin-top:0}
-pre,code{font-family:"DejaVu Sans Mono",Menlo,Consolas,monospace;font-size:.85rem}
-.jp-InputArea pre,.highlight pre{background:#f8f9fa;border:1px solid #e9ecef;border-radius:4px;
-  padding:.6rem .8rem;overflow:auto}
-.jp-OutputArea pre{padding:.3rem .8rem;margin:0;overflow:auto;border-left:3px solid #dee2e6}
-.jp-Cell{margin:0 0 1rem}.jp-OutputArea-output img{max-width:100%;height:auto}
-.jp-RenderedText[data-mime-type="application/vnd.jupyter.stderr"] pre{background:#fff5f5}
-table{border-collapse:collapse;margin:.5rem 0}
-th,td{border-bottom:1px solid #dee2e6;padding:.25rem .6rem;text-align:left;vertical-align:top}
-th{background:#f8f9fa}
-table.dataframe td{text-align:right;font-variant-numeric:tabular-nums}
-details.fold>summary{cursor:pointer;color:#6c757d;font-size:.85rem}
-.math-display{overflow-x:auto;overflow-y:hidden;margin:.8rem 0;text-align:center}
-math[display=block]{font-size:1.1em}
-.math-error{color:#b00}
-.pager{display:flex;justify-content:space-between;margin-top:3rem;border-top:1px solid #e9ecef;
-  padding-top:1rem}
-hr{border:0;border-top:1px solid #dee2e6}
-@media (max-width:800px){
-  .layout{display:block}.sidebar{position:static;max-height:none;border-right:0}
-  .content{padding:1rem}
-}
-"""
 
 
 def build(out: Path, run_proc: bool = True) -> list[Path]:
@@ -263,10 +342,7 @@ def build(out: Path, run_proc: bool = True) -> list[Path]:
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    (out / 'site.css').write_text(
-        SITE_CSS + HtmlFormatter(style='friendly').get_style_defs('.highlight')
-    )
-    shutil.copy(NBS / 'styles.css', out / 'styles.css')
+    write_assets(out)
     for f in NBS.rglob('*'):
         if (
             f.suffix.lower() in ('.png', '.jpg', '.jpeg', '.svg', '.gif', '.wav')
@@ -275,13 +351,15 @@ def build(out: Path, run_proc: bool = True) -> list[Path]:
             dest = out / f.relative_to(NBS)
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(f, dest)
-    ex, written = exporter(), []
+    ex, written, index = exporter(), [], []
     repo = 'https://github.com/bigmodel-book/bigmodel-book'
     for i, nb in enumerate(order):
         book = notebooks[nb]
         prepare(book, pages)
         body, _ = ex.from_notebook_node(book)
         desc = fms[nb].get('description')
+        toc, toc_inline = toc_html(body)
+        index += search_entries(pages[nb], titles[nb], body)
         prev = (
             f'<a href="{pages[order[i - 1]]}">← {html.escape(titles[order[i - 1]])}</a>'
             if i > 0
@@ -301,11 +379,15 @@ def build(out: Path, run_proc: bool = True) -> list[Path]:
             if desc
             else '',
             nav=nav_html(entries, titles, pages, nb),
+            toc=toc,
+            toc_inline=toc_inline,
+            theme_script=THEME_SCRIPT,
             prev=prev,
             next=nxt,
         )
         (out / pages[nb]).write_text(page, encoding='utf-8')
         written.append(out / pages[nb])
+    write_search_index(out, index)
     (out / '.nojekyll').touch()
     return written
 

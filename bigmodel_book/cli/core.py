@@ -149,6 +149,14 @@ EXTRAS = {
     'optuna': "pip install 'bigmodel-book[tune]'",
     'fastapi': "pip install 'bigmodel-book[serve]'",
     'uvicorn': "pip install 'bigmodel-book[serve]'",
+    'peft': "pip install 'bigmodel-book[llm]'",
+    'opacus': "pip install 'bigmodel-book[trust]'",
+    'tenseal': "pip install 'bigmodel-book[trust]'",
+    'arch': "pip install 'bigmodel-book[apps]'",
+    'pmdarima': "pip install 'bigmodel-book[apps]'",
+    'river': "pip install 'bigmodel-book[apps]'",
+    'executorch': "pip install 'bigmodel-book[edge]'",
+    'torchao': "pip install 'bigmodel-book[edge]'",
 }
 
 
