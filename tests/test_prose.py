@@ -50,12 +50,6 @@ PARTS = {
 # Known prose numbers that no output of their notebook shows: the to-do list of issue 22. Each
 # must still be found unmatched by this test: when a re-run fixes one, delete it here.
 ALLOWED: dict[str, list[tuple[str, str]]] = {
-    '41_speech.kws.ipynb': [
-        # "an earlier version ... reached only 54 % on the test voices": a result of a run the
-        # notebook no longer shows, and a design revised on test voices
-        ('54%', 'issue 22: to fix in the re-run of chapter 5.2 (choose on validation voices)'),
-        ('62%', 'issue 22: to fix in the re-run of chapter 5.2 (same earlier run, not shown)'),
-    ],
     '71_lifecycle.finetune.ipynb': [
         # "transfer did not beat scratch (0.83 against 0.85)": an earlier, unshown run
         ('0.85', 'issue 22: to fix in the re-run of chapter 8.2 (no test-set forking paths)'),

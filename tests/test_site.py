@@ -270,3 +270,17 @@ def test_quarto_site_needs_no_cdn_and_has_dark_mode():
     html = yaml.safe_load((ROOT / 'nbs' / '_quarto.yml').read_text())['format']['html']
     assert html['html-math-method'] == 'mathml', 'maths must not load a renderer from a CDN'
     assert set(html['theme']) == {'light', 'dark'}, 'the Quarto site needs a dark theme too'
+
+
+def test_every_chapter_has_a_colab_badge():
+    url = 'https://colab.research.google.com/github/bigmodel-book/bigmodel-book/blob/main/nbs/'
+    assert (ROOT / 'nbs' / 'colab-badge.svg').exists()
+    missing = []
+    for nb in sorted((ROOT / 'nbs').glob('*.ipynb')):
+        text = nb.read_text(encoding='utf-8')
+        if (
+            nb.name != '98_glossary.ipynb'
+            and f'[![Open in Colab](colab-badge.svg)]({url}{nb.name})' not in text
+        ):
+            missing.append(nb.name)
+    assert not missing, f'notebooks without the Colab badge (run the badge step): {missing}'
