@@ -14,7 +14,16 @@ SHIM = '# compatibility shim'
 # the floors of the library, bottom first; parts share one floor
 LAYERS = {'core': 0, 'results': 1, 'data': 2, 'train': 3, 'cli': 5}
 PARTS = {
-    'vision', 'sequence', 'gan', 'speech', 'text', 'recsys', 'lifecycle', 'scale', 'trust', 'apps',
+    'vision',
+    'sequence',
+    'gan',
+    'speech',
+    'text',
+    'recsys',
+    'lifecycle',
+    'scale',
+    'trust',
+    'apps',
 }
 # text builds on sequence's cells, applications on sequence and text; scaling up, trust and the
 # lifecycle take any part's models
@@ -91,16 +100,18 @@ def test_one_module_per_notebook():
             assert stem == default[0], f'{nb.name} exports {default[0]}'
 
 
-@pytest.mark.slow
-def test_wheel_installs_and_imports_every_module(tmp_path):
-    dist = tmp_path / 'dist'
+@pytest.fixture(scope='module')
+def fresh_env(tmp_path_factory):
+    """A new virtual environment with only the built wheel of this repository installed. It sees
+    this environment's third-party packages (torch, the data carriers), but not the repository."""
+    tmp = tmp_path_factory.mktemp('wheel')
+    dist = tmp / 'dist'
     build = [sys.executable, '-m', 'pip', 'wheel', '--no-deps', '-q', '-w', str(dist), str(ROOT)]
     subprocess.run(build, check=True, timeout=300, capture_output=True)
     wheel = next(dist.glob('bigmodel_book-*.whl'))
-    env_dir = tmp_path / 'env'
+    env_dir = tmp / 'env'
     venv.create(env_dir, with_pip=True)
     py = env_dir / 'bin' / 'python'
-    # the fresh environment sees this one's third-party packages, but not the repository
     site = Path(sysconfig.get_paths()['purelib'])
     new_site = Path(
         subprocess.check_output(
@@ -112,6 +123,16 @@ def test_wheel_installs_and_imports_every_module(tmp_path):
     (new_site / 'deps.pth').write_text(str(site) + '\n')
     install = [py, '-m', 'pip', 'install', '--no-deps', '-q', str(wheel)]
     subprocess.run(install, check=True, timeout=300, capture_output=True)
+    empty = tmp / 'empty'
+    empty.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+    return env_dir, empty, env
+
+
+@pytest.mark.slow
+def test_wheel_installs_and_imports_every_module(fresh_env):
+    env_dir, empty, env = fresh_env
+    py = env_dir / 'bin' / 'python'
     names = sorted(n for n in modules())
     code = (
         'import importlib, bigmodel_book, pathlib\n'
@@ -119,12 +140,39 @@ def test_wheel_installs_and_imports_every_module(tmp_path):
         f'for n in {names!r}: importlib.import_module(n)\n'
         'print("imported", len(' + repr(names) + '))'
     )
-    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
     r = subprocess.run(
-        [py, '-c', code], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300
+        [py, '-c', code], cwd=empty, capture_output=True, text=True, env=env, timeout=300
     )
     assert r.returncode == 0, r.stderr[-3000:]
     cli = subprocess.run(
         [env_dir / 'bin' / 'bigmodel-book', '--help'], capture_output=True, text=True
     )
     assert cli.returncode == 0 and 'train' in cli.stdout
+
+
+# every `train` task at its smallest setting (quick scale), as a user of the wheel runs it
+SMALLEST = {
+    'digits': ['--epochs', '1'],
+    'vision': ['--epochs', '1', '--model', 'lenet'],
+    'sequence': ['--task', 'forecast', '--epochs', '1'],
+    'gan': ['--variant', 'dcgan', '--epochs', '1', '--n-train', '256'],
+    'speech': ['--task', 'kws', '--epochs', '1', '--n-train', '1', '--n-test', '1'],
+    'text': ['--task', 'reviews', '--model', 'bag', '--epochs', '1', '--train-size', '500'],
+    'recsys': ['--model', 'mf', '--epochs', '1'],
+    'distributed': ['--epochs', '1'],
+}
+
+
+@pytest.mark.slow
+def test_wheel_alone_trains_every_task(fresh_env):
+    from bigmodel_book.cli.core import TRAIN_TASKS
+
+    env_dir, empty, env = fresh_env
+    assert set(SMALLEST) == set(TRAIN_TASKS), 'give every train task its smallest setting here'
+    exe = env_dir / 'bin' / 'bigmodel-book'
+    for task, args in SMALLEST.items():
+        out = empty / 'runs' / task
+        cmd = [exe, 'train', task, *args, '--out', str(out), '--quiet']
+        r = subprocess.run(cmd, cwd=empty, capture_output=True, text=True, env=env, timeout=600)
+        assert r.returncode == 0, f'{task}: {r.stderr[-2000:]}'
+        assert (out / 'model.safetensors').exists(), f'{task} left no weights in {out}'
