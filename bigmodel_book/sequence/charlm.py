@@ -316,7 +316,9 @@ def speaker_lines(text: str) -> list[str]:
     "Lines right after a blank line written in capitals only (letters, spaces, '): speaker names."
     lines = text.split('\n')
     caps = re.compile(r"[A-Z][A-Z' ]*[A-Z]")
-    return [b.strip() for a, b in zip(lines, lines[1:]) if not a.strip() and caps.fullmatch(b.strip())]
+    return [
+        b.strip() for a, b in zip(lines, lines[1:]) if not a.strip() and caps.fullmatch(b.strip())
+    ]
 
 
 def ngram_sample(
