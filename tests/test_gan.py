@@ -31,6 +31,8 @@ from bigmodel_book.gan.game import (
     MLPGenerator,
     WassersteinGPLoss,
     gradient_penalty,
+    mode_coverage,
+    ring_centres,
     sample_ring,
 )
 
@@ -116,6 +118,55 @@ def test_shapes_and_interpolation():
 def test_gradient_penalty_linear():
     a = torch.tensor([0.6, 0.8])
     assert gradient_penalty(lambda x: x @ a, torch.randn(8, 2), torch.randn(8, 2)).item() < 1e-10
+
+
+def test_gradient_penalty_matches_finite_differences():
+    "An MLP critic: the penalty equals (||grad|| - 1)^2 with gradients by central differences."
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)
+    ).double()
+    critic = lambda x: net(x).squeeze(-1)
+    real, fake = torch.randn(6, 2).double(), torch.randn(6, 2).double()
+    torch.manual_seed(3)
+    gp = gradient_penalty(critic, real, fake)
+    torch.manual_seed(3)
+    eps = torch.rand(6, 1, dtype=torch.float64)  # drawn as gradient_penalty draws it
+    x, h = eps * real + (1 - eps) * fake, 1e-6
+    with torch.no_grad():
+        fd = torch.stack(
+            [(critic(x + h * e) - critic(x - h * e)) / (2 * h) for e in torch.eye(2).double()], 1
+        )
+    assert gp.item() == pytest.approx(((fd.norm(dim=1) - 1) ** 2).mean().item(), rel=1e-5)
+    # a critic whose gradient has norm 1 everywhere pays nothing; a steeper one pays
+    assert gradient_penalty(lambda z: z.norm(dim=1), real + 10, fake + 10).item() < 1e-12
+    assert gradient_penalty(lambda z: 3 * z.norm(dim=1), real + 10, fake + 10).item() == (
+        pytest.approx(4.0, rel=1e-5)
+    )
+    with pytest.raises(ValueError, match='same shape'):
+        gradient_penalty(critic, real, fake[:3])
+
+
+def test_pacgan_packs_consecutive_rows():
+    d = MLPDiscriminator(hidden=4, pack=3)
+    x = torch.randn(10, 2)
+    out = d(x)
+    assert out.shape == (3,)  # the tenth row is dropped
+    assert torch.allclose(out, d.net(x[:9].reshape(3, 6)).squeeze(1))
+    with pytest.raises(ValueError, match='pack=3'):
+        d(torch.randn(2, 2))
+    with pytest.raises(ValueError, match='pack'):
+        MLPDiscriminator(pack=0)
+
+
+def test_mode_coverage_counts_modes_and_quality():
+    centres = ring_centres()
+    x, _ = sample_ring(800, seed=4)
+    assert mode_coverage(x, centres)[0] == 8
+    collapsed = centres[[0]].repeat(400, 1)  # every sample on one mode: quality 1, one mode
+    assert mode_coverage(collapsed, centres) == (1, 1.0)
+    far = torch.full((100, 2), 10.0)
+    assert mode_coverage(far, centres) == (0, 0.0)
 
 
 def toy_dls(n=256):

@@ -25,7 +25,11 @@ from bigmodel_book.sequence.charlm import (
     lm_windows,
     nats_to_bits,
     ngram_bpc,
+    ngram_sample,
+    real_word_hits,
     sample_next,
+    speaker_lines,
+    text_words,
     train_charlm,
 )
 from bigmodel_book.sequence.forecast import (
@@ -356,3 +360,25 @@ def test_cuda_matches_cpu():
     x = torch.randn(3, 6, 5)
     out_gpu = ours.to('cuda')(x.to('cuda'))[0].cpu()
     assert torch.allclose(out_gpu, ref(x)[0], atol=1e-4)
+
+
+def test_word_measures_and_ngram_samples():
+    known = set(text_words("Now is the winter of our discontent; o'er the hills"))
+    assert text_words("O'er the WINTER--'tis") == ["o'er", 'the', 'winter', 'tis']
+    assert real_word_hits('now is the wintr', known).tolist() == [1, 1, 1, 0]
+    assert real_word_hits('now is the wintr', known, min_len=4).tolist() == [0]
+    with pytest.raises(ValueError, match='no words'):
+        real_word_hits('12 -- ;;', known)
+    with pytest.raises(TypeError):
+        text_words(b'bytes')
+    play = 'HAMLET\nTo be.\n\nHAMLET\nOr not.\n\nFIRST CLOWN\nAy.\n\nEnter Ghost\nALSO CAPS\n'
+    assert speaker_lines(play) == ['HAMLET', 'FIRST CLOWN']  # the first line follows no blank
+    ids = torch.tensor([1, 2, 3] * 50)
+    s1 = ngram_sample(ids, 5, 30, order=2, alpha=0.0, seed=0)
+    assert all((b - a) % 3 == 1 for a, b in zip(s1[:-1].tolist(), s1[1:].tolist()))
+    u = ngram_sample(ids, 5, 3000, order=1, alpha=0.0, seed=1)
+    assert set(u.tolist()) == {1, 2, 3} and abs((u == 2).float().mean().item() - 1 / 3) < 0.05
+    assert torch.equal(ngram_sample(ids, 5, 20, seed=2), ngram_sample(ids, 5, 20, seed=2))
+    for bad in (dict(n=0), dict(order=3)):
+        with pytest.raises(ValueError):
+            ngram_sample(ids, 5, **{'n': 5, **bad})

@@ -7,10 +7,11 @@ Docs: https://bigmodel-book.github.io/bigmodel-book/sequence.charlm.html.md"""
 
 # %% auto #0
 __all__ = ['CharTokenizer', 'check_ids', 'CharRNN', 'sample_next', 'lm_windows', 'lm_loss',
-           'nats_to_bits', 'ngram_bpc', 'CharLMConfig', 'train_charlm']
+           'nats_to_bits', 'ngram_bpc', 'text_words', 'real_word_hits', 'speaker_lines',
+           'ngram_sample', 'CharLMConfig', 'train_charlm']
 
 # %% ../../nbs/22_sequence.charlm.ipynb #85bd08ad
-import math
+import math, re
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -288,6 +289,63 @@ def ngram_bpc(
     )
     logp = (counts / counts.sum(1, keepdim=True)).log2()
     return float(-logp[te[:-1], te[1:]].mean())
+
+# %% ../../nbs/22_sequence.charlm.ipynb #53dc542d
+_WORD = re.compile(r"[a-z]+(?:'[a-z]+)*")
+
+
+def text_words(text: str) -> list[str]:
+    "The lower-cased words of `text`: runs of letters, inner apostrophes kept (`o'er`, `i'll`)."
+    if not isinstance(text, str):
+        raise TypeError(f"text_words needs a str, got {type(text).__name__}.")
+    return _WORD.findall(text.lower())
+
+
+def real_word_hits(sample: str, known: Iterable[str], min_len: int = 1) -> torch.Tensor:
+    "One 0/1 per word of `sample` with at least `min_len` letters: 1 if it is in `known`."
+    known = known if isinstance(known, (set, frozenset)) else set(known)
+    words = [w for w in text_words(sample) if len(w.replace("'", '')) >= min_len]
+    if not words:
+        raise ValueError(
+            f"The sample holds no words of {min_len}+ letters: sample more characters."
+        )
+    return torch.tensor([float(w in known) for w in words])
+
+
+def speaker_lines(text: str) -> list[str]:
+    "Lines right after a blank line written in capitals only (letters, spaces, '): speaker names."
+    lines = text.split('\n')
+    caps = re.compile(r"[A-Z][A-Z' ]*[A-Z]")
+    return [
+        b.strip() for a, b in zip(lines, lines[1:]) if not a.strip() and caps.fullmatch(b.strip())
+    ]
+
+
+def ngram_sample(
+    train_ids: torch.Tensor,
+    vocab_size: int,
+    n: int,
+    order: int = 2,
+    alpha: float = 0.1,
+    seed: int = 0,
+) -> torch.Tensor:
+    "`n` ids drawn from the add-`alpha` unigram (`order=1`) or bigram model of `train_ids`."
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}.")
+    if order not in (1, 2):
+        raise ValueError(f"order must be 1 or 2, got {order}.")
+    g, tr = torch.Generator().manual_seed(seed), train_ids.long()
+    if order == 1:
+        p = torch.bincount(tr, minlength=vocab_size).double() + alpha
+        return torch.multinomial(p / p.sum(), n, replacement=True, generator=g)
+    pairs = torch.bincount(tr[:-1] * vocab_size + tr[1:], minlength=vocab_size**2).double()
+    probs = pairs.view(vocab_size, vocab_size) + alpha
+    probs = probs / probs.sum(1, keepdim=True)
+    out, prev = torch.empty(n, dtype=torch.long), int(tr[0])
+    for t in range(n):
+        prev = out[t] = int(torch.multinomial(probs[prev], 1, generator=g))
+    return out
+
 
 # %% ../../nbs/22_sequence.charlm.ipynb #e1a2b3c5
 @dataclass
