@@ -10,7 +10,10 @@ from bigmodel_book.core import forwarder
 
 _MOVED = {
     'confusion_matrix': 'vision.inspect:confusion_matrix',
+    'deletion_curve': 'vision.inspect:deletion_curve',
+    'deletion_order': 'vision.inspect:deletion_order',
     'embed_images': 'vision.inspect:embed_images',
+    'grad_cam': 'vision.inspect:grad_cam',
     'precision_at_k': 'vision.inspect:precision_at_k',
 }
 __getattr__ = forwarder('vision_inspect', _MOVED, warn_each=False)

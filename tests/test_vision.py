@@ -217,3 +217,65 @@ def test_resnet_amp_channels_last_cuda():
     with torch.autocast('cuda', dtype=torch.bfloat16):
         out = m(x)
     assert out.shape == (4, 10) and torch.isfinite(out.float()).all()
+
+
+# --- 2.3: Grad-CAM and the deletion test ---------------------------------------------------
+from bigmodel_book.vision.inspect import deletion_curve, deletion_order, grad_cam  # noqa: E402
+
+
+@pytest.mark.parametrize('seed', range(3))
+def test_grad_cam_matches_captum(seed):
+    captum_attr = pytest.importorskip('captum.attr')
+    torch.manual_seed(seed)
+    m, x = LeNet5().eval(), torch.rand(4, 1, 28, 28)
+    layer, t = m.features[4], torch.tensor([0, 3, 5, 9])
+    ref = captum_attr.LayerGradCam(m, layer).attribute(x, target=t, relu_attributions=True)
+    torch.testing.assert_close(grad_cam(m, layer, x, t, upsample=False), ref[:, 0])
+    up = captum_attr.LayerAttribution.interpolate(ref, (28, 28), 'bilinear')[:, 0]
+    torch.testing.assert_close(grad_cam(m, layer, x, t), up)
+
+
+def test_grad_cam_is_cam_for_gap_networks_and_keeps_the_mode():
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 3, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(3, 4),
+    ).train()
+    x = torch.rand(2, 1, 5, 5)
+    a = net[:2](x).detach()
+    want = torch.einsum('k,bkij->bij', net[4].weight[1].detach(), a) / 25
+    torch.testing.assert_close(grad_cam(net, net[1], x, 1, upsample=False, relu=False), want)
+    assert net.training and (grad_cam(net, net[1], x, 1) >= 0).all()
+    assert grad_cam(net, net[1], x).shape == (2, 5, 5)  # default: the predicted classes
+
+
+def test_grad_cam_bad_input():
+    m = LeNet5()
+    with pytest.raises(ValueError, match=r'\(B, C, H, W\)'):
+        grad_cam(m, m.features[4], torch.rand(1, 28, 28))
+    with pytest.raises(ValueError, match='target'):
+        grad_cam(m, m.features[4], torch.rand(2, 1, 28, 28), 10)
+    with pytest.raises(ValueError, match='target'):
+        grad_cam(m, m.features[4], torch.rand(2, 1, 28, 28), [1, 2, 3])
+    with pytest.raises(ValueError, match='run once'):
+        grad_cam(m, torch.nn.Conv2d(1, 1, 1), torch.rand(2, 1, 28, 28))
+
+
+def test_deletion_order_and_curve():
+    order = deletion_order(torch.tensor([[[0.0, 3.0], [1.0, 2.0]], [[1.0, 1.0], [1.0, 1.0]]]))
+    assert order[0].tolist() == [1, 3, 2, 0] and sorted(order[1].tolist()) == [0, 1, 2, 3]
+    flat = torch.zeros(1, 8, 8)
+    assert not torch.equal(deletion_order(flat, 0), deletion_order(flat, 1))  # seeded ties
+    m, x, y = LeNet5().eval(), torch.rand(3, 1, 28, 28), torch.tensor([1, 2, 3])
+    p = deletion_curve(m, x, y, deletion_order(x[:, 0]), [0, 0.5, 1])
+    with torch.no_grad():
+        torch.testing.assert_close(p[0], m(x).softmax(-1)[torch.arange(3), y])
+        torch.testing.assert_close(p[2], m(torch.zeros_like(x)).softmax(-1)[torch.arange(3), y])
+    with pytest.raises(ValueError, match='fractions'):
+        deletion_curve(m, x, y, deletion_order(x[:, 0]), [1.5])
+    with pytest.raises(ValueError, match='order'):
+        deletion_curve(m, x, y, deletion_order(x[:2, 0]), [0.1])
+    with pytest.raises(ValueError, match='maps'):
+        deletion_order(torch.rand(28, 28))

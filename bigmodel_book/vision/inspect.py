@@ -1,5 +1,7 @@
 """First-layer filters, feature maps, the confusion matrix, the most confidently wrong test digits,
-and nearest-neighbour image retrieval with the network's embeddings.
+Grad-CAM class-activation maps built from their formula and checked against captum, a deletion test
+of whether the highlighted pixels matter, and nearest-neighbour image retrieval with the network's
+embeddings.
 
 Docs: https://bigmodel-book.github.io/bigmodel-book/vision.inspect.html.md"""
 
@@ -14,7 +16,8 @@ from torch import nn
 from ..train.learner import evaluating
 
 # %% auto #0
-__all__ = ['confusion_matrix', 'embed_images', 'precision_at_k']
+__all__ = ['confusion_matrix', 'grad_cam', 'deletion_order', 'deletion_curve', 'embed_images',
+           'precision_at_k']
 
 # %% ../../nbs/12_vision.inspect.ipynb #dd8fc10c
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, n_classes: int) -> torch.Tensor:
@@ -29,6 +32,105 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, n_classes: int) -
     return torch.bincount(target.long() * n_classes + pred.long(), minlength=n_classes**2).reshape(
         n_classes, n_classes
     )
+
+# %% ../../nbs/12_vision.inspect.ipynb #gcam0001
+def _check_batch(x, who: str) -> torch.Tensor:
+    "Raise unless `x` is a float tensor of images (B, C, H, W)."
+    if not torch.is_tensor(x) or not x.is_floating_point() or x.ndim != 4:
+        got = f"shape {tuple(x.shape)}, dtype {x.dtype}" if torch.is_tensor(x) else type(x).__name__
+        raise ValueError(f"{who} needs float images of shape (B, C, H, W), got {got}.")
+    return x
+
+
+def _targets(target, n: int, n_classes: int, device) -> torch.Tensor:
+    "Class indices (n,) from an int, a sequence or a tensor, checked against `n_classes`."
+    t = torch.as_tensor(target, device=device).long().flatten()
+    t = t.expand(n) if t.numel() == 1 else t
+    if t.shape != (n,) or t.min() < 0 or t.max() >= n_classes:
+        raise ValueError(
+            f"target must be one class index or {n} of them in [0, {n_classes}), got {target!r}."
+        )
+    return t
+
+
+def grad_cam(
+    model: nn.Module,
+    layer: nn.Module,
+    x: torch.Tensor,
+    target=None,
+    upsample: bool = True,
+    relu: bool = True,
+) -> torch.Tensor:
+    """Grad-CAM maps (B, H, W) of images `x` for classes `target` (default: the predicted ones)
+    at the output of `layer` (equations 1-2), bilinearly upsampled to the image size."""
+    _check_batch(x, 'grad_cam')
+    dev = next(model.parameters()).device
+    acts = []
+    hook = layer.register_forward_hook(lambda mod, inp, out: acts.append(out))
+    try:
+        with evaluating(model), torch.enable_grad():
+            scores = model(x.detach().to(dev).requires_grad_(True))
+    finally:
+        hook.remove()
+    if len(acts) != 1 or not torch.is_tensor(acts[0]) or acts[0].ndim != 4:
+        raise ValueError(
+            f"layer {layer.__class__.__name__} must run once in the forward pass and return "
+            f"feature maps (B, K, h, w); it ran {len(acts)} time(s)."
+        )
+    t = scores.argmax(1) if target is None else _targets(target, len(x), scores.shape[1], dev)
+    (grads,) = torch.autograd.grad(scores.gather(1, t[:, None]).sum(), acts[0])
+    alpha = grads.mean(dim=(2, 3), keepdim=True)  # equation 1: (B, K, 1, 1)
+    cam = (alpha * acts[0]).sum(1, keepdim=True)  # equation 2, before the ReLU
+    cam = F.relu(cam) if relu else cam
+    if upsample:
+        cam = F.interpolate(cam, size=x.shape[-2:], mode='bilinear', align_corners=False)
+    return cam[:, 0].detach()
+
+# %% ../../nbs/12_vision.inspect.ipynb #023d56dc
+def deletion_order(scores: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Pixel indices (B, H*W) of each map in `scores` (B, H, W) from highest to lowest score;
+    ties in a seeded random order."""
+    if scores.ndim != 3:
+        raise ValueError(f"scores must be maps of shape (B, H, W), got {tuple(scores.shape)}.")
+    s = scores.flatten(1).float().cpu()
+    shuffle = torch.rand(s.shape, generator=torch.Generator().manual_seed(seed)).argsort(1)
+    ranked = s.gather(1, shuffle).sort(dim=1, descending=True, stable=True).indices
+    return shuffle.gather(1, ranked)
+
+
+@torch.no_grad()
+def deletion_curve(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    order: torch.Tensor,
+    fractions,
+    fill: float = 0.0,
+    bs: int = 256,
+) -> torch.Tensor:
+    """True-class probabilities (len(`fractions`), B) after setting the first `fraction` of each
+    image's pixels in `order` (from `deletion_order`) to `fill` (equation 3)."""
+    _check_batch(x, 'deletion_curve')
+    n, hw = len(x), x.shape[-2] * x.shape[-1]
+    if order.shape != (n, hw) or len(target) != n:
+        raise ValueError(
+            f"order must be (B, H*W) = {(n, hw)} and target (B,), "
+            f"got {tuple(order.shape)} and {tuple(target.shape)}."
+        )
+    if not all(0 <= f <= 1 for f in fractions):
+        raise ValueError(f"fractions must lie in [0, 1], got {list(fractions)}.")
+    dev = next(model.parameters()).device
+    out = []
+    with evaluating(model):
+        for f in fractions:
+            keep = torch.ones(n, hw)
+            keep.scatter_(1, order[:, : round(f * hw)], 0.0)
+            xd = torch.where(keep.view(n, 1, *x.shape[-2:]).bool(), x.cpu(), torch.tensor(fill))
+            p = torch.cat(
+                [model(xd[i : i + bs].to(dev)).softmax(-1).cpu() for i in range(0, n, bs)]
+            )
+            out.append(p.gather(1, target.cpu().long()[:, None])[:, 0])
+    return torch.stack(out)
 
 # %% ../../nbs/12_vision.inspect.ipynb #6671870c
 @torch.no_grad()
@@ -55,7 +157,7 @@ def precision_at_k(
     k: int = 10,
 ) -> float:
     """Mean share of each query's `k` nearest database items (cosine similarity)
-    that share its label (equation 1)."""
+    that share its label (equation 4)."""
     if query.ndim != 2 or database.ndim != 2 or query.shape[1] != database.shape[1]:
         raise ValueError(
             "query and database must be (N, D) with the same D, "
