@@ -1,5 +1,4 @@
-"""First-layer filters, feature maps, the confusion matrix, the most confidently wrong test digits,
-and nearest-neighbour image retrieval with the network's embeddings.
+"""First-layer filters, feature maps, the confusion matrix, the most confidently wrong test digits, and nearest-neighbour image retrieval with the network's embeddings.
 
 Docs: https://bigmodel-book.github.io/bigmodel-book/vision.inspect.html.md"""
 
