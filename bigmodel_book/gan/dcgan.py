@@ -1,4 +1,6 @@
-"""Convolutional GANs on the MNIST subset, measured: a Fréchet distance on a digit classifier's features, precision and recall, and class accuracy of conditional samples, against real held-out digits.
+"""Convolutional GANs on the MNIST subset, measured: a Fréchet distance on a digit classifier's
+features, precision and recall, and class accuracy of conditional samples, against real held-out
+digits.
 
 Docs: https://bigmodel-book.github.io/bigmodel-book/gan.dcgan.html.md"""
 

@@ -1,4 +1,5 @@
-"""Generator against discriminator: the minimax value, the optimal discriminator and the Jensen-Shannon divergence, the non-saturating loss, and mode collapse on a 2-D toy problem.
+"""Generator against discriminator: the minimax value, the optimal discriminator and the
+Jensen-Shannon divergence, the non-saturating loss, and mode collapse on a 2-D toy problem.
 
 Docs: https://bigmodel-book.github.io/bigmodel-book/gan.game.html.md"""
 

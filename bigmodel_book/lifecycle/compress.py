@@ -1,4 +1,5 @@
-"""Remove the smallest weights and store the rest in eight bits: accuracy against sparsity, and size, latency and accuracy of int8 models, dynamic and static.
+"""Remove the smallest weights and store the rest in eight bits: accuracy against sparsity, and
+size, latency and accuracy of int8 models, dynamic and static.
 
 Docs: https://bigmodel-book.github.io/bigmodel-book/lifecycle.compress.html.md"""
 

@@ -1,4 +1,5 @@
-"""Train a small student to imitate a large teacher's softened predictions, and measure what it keeps of the teacher's accuracy at a fraction of its size and latency.
+"""Train a small student to imitate a large teacher's softened predictions, and measure what it
+keeps of the teacher's accuracy at a fraction of its size and latency.
 
 Docs: https://bigmodel-book.github.io/bigmodel-book/lifecycle.distill.html.md"""
 

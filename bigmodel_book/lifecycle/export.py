@@ -1,4 +1,5 @@
-"""A model directory that rebuilds a trained network without pickle, checks its own files, and agrees with ONNX Runtime.
+"""A model directory that rebuilds a trained network without pickle, checks its own files, and
+agrees with ONNX Runtime.
 
 Docs: https://bigmodel-book.github.io/bigmodel-book/lifecycle.export.html.md"""
 

@@ -1,4 +1,5 @@
-"""Reuse a network trained on one task for another with ten to a hundred labels per class: frozen backbones, gradual unfreezing and discriminative learning rates.
+"""Reuse a network trained on one task for another with ten to a hundred labels per class: frozen
+backbones, gradual unfreezing and discriminative learning rates.
 
 Docs: https://bigmodel-book.github.io/bigmodel-book/lifecycle.finetune.html.md"""
 

@@ -1,4 +1,5 @@
-"""Search learning rate, weight decay, width and augmentation with Optuna, prune bad trials early, and resume an interrupted study from SQLite.
+"""Search learning rate, weight decay, width and augmentation with Optuna, prune bad trials early,
+and resume an interrupted study from SQLite.
 
 Docs: https://bigmodel-book.github.io/bigmodel-book/lifecycle.tune.html.md"""
 

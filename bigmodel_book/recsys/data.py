@@ -1,4 +1,5 @@
-"""MovieLens 100k as explicit ratings and as implicit feedback, the splits each task needs, and HR, NDCG, recall, MAP and coverage at K under full and sampled evaluation.
+"""MovieLens 100k as explicit ratings and as implicit feedback, the splits each task needs, and HR,
+NDCG, recall, MAP and coverage at K under full and sampled evaluation.
 
 Docs: https://bigmodel-book.github.io/bigmodel-book/recsys.data.html.md"""
 

@@ -1,4 +1,5 @@
-"""Bias baselines and biased matrix factorisation for ratings; popularity, BPR-MF, NeuMF and a GRU sequence model for ranking; one table under full and sampled evaluation.
+"""Bias baselines and biased matrix factorisation for ratings; popularity, BPR-MF, NeuMF and a GRU
+sequence model for ranking; one table under full and sampled evaluation.
 
 Docs: https://bigmodel-book.github.io/bigmodel-book/recsys.models.html.md"""
 

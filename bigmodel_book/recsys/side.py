@@ -1,4 +1,5 @@
-"""A two-tower recommender that reads user demographics and movie genres and years, and how to serve users the model has never seen.
+"""A two-tower recommender that reads user demographics and movie genres and years, and how to serve
+users the model has never seen.
 
 Docs: https://bigmodel-book.github.io/bigmodel-book/recsys.side.html.md"""
 

@@ -1,4 +1,6 @@
-"""The recurrent cell, unrolling and backpropagation through time, vanishing and exploding gradients, gated cells written from their equations and checked against PyTorch, and variable-length batches.
+"""The recurrent cell, unrolling and backpropagation through time, vanishing and exploding
+gradients, gated cells written from their equations and checked against PyTorch, and variable-length
+batches.
 
 Docs: https://bigmodel-book.github.io/bigmodel-book/sequence.cells.html.md"""
 

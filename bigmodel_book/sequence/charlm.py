@@ -1,4 +1,5 @@
-"""Predict the next character of Shakespeare's plays with an LSTM, measure bits per character on held-out plays against unigram and bigram baselines, and sample new text with a temperature.
+"""Predict the next character of Shakespeare's plays with an LSTM, measure bits per character on
+held-out plays against unigram and bigram baselines, and sample new text with a temperature.
 
 Docs: https://bigmodel-book.github.io/bigmodel-book/sequence.charlm.html.md"""
 

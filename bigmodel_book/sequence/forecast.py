@@ -1,4 +1,5 @@
-"""Yearly sunspots and weekly CO2: windowing, scaling, multi-step forecasts on a time-ordered split, and the baselines an LSTM must beat (persistence, seasonal naive, ARIMA and exponential smoothing).
+"""Yearly sunspots and weekly CO2: windowing, scaling, multi-step forecasts on a time-ordered split,
+and the baselines an LSTM must beat (persistence, seasonal naive, ARIMA and exponential smoothing).
 
 Docs: https://bigmodel-book.github.io/bigmodel-book/sequence.forecast.html.md"""
 

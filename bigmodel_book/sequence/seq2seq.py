@@ -1,4 +1,6 @@
-"""An encoder-decoder GRU with Bahdanau attention learns to turn dates written in many human formats into ISO dates; teacher forcing, greedy and beam search, exact match on held-out strings, and attention heat maps.
+"""An encoder-decoder GRU with Bahdanau attention learns to turn dates written in many human formats
+into ISO dates; teacher forcing, greedy and beam search, exact match on held-out strings, and
+attention heat maps.
 
 Docs: https://bigmodel-book.github.io/bigmodel-book/sequence.seq2seq.html.md"""
 

@@ -1,4 +1,6 @@
-"""A convolutional front end and a bidirectional GRU trained with the connectionist temporal classification loss turn "three one four" into "314" for voices never heard in training, with word and character error rates, chunked streaming and a command line.
+"""A convolutional front end and a bidirectional GRU trained with the connectionist temporal
+classification loss turn "three one four" into "314" for voices never heard in training, with word
+and character error rates, chunked streaming and a command line.
 
 Docs: https://bigmodel-book.github.io/bigmodel-book/speech.ctc.html.md"""
 

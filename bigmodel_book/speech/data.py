@@ -1,4 +1,5 @@
-"""Spoken words synthesised by eSpeak NG through ctypes, made harder with noise, reverberation and speed changes, and turned into log-mel spectrograms and MFCCs written from their formulas.
+"""Spoken words synthesised by eSpeak NG through ctypes, made harder with noise, reverberation and
+speed changes, and turned into log-mel spectrograms and MFCCs written from their formulas.
 
 Docs: https://bigmodel-book.github.io/bigmodel-book/speech.data.html.md"""
 

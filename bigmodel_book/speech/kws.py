@@ -1,4 +1,6 @@
-"""A small CNN on log-mel spectrograms with SpecAugment recognises twenty spoken words from voices it never heard, against an MFCC and logistic-regression baseline, clean and in noise, and streams over a long recording in real time.
+"""A small CNN on log-mel spectrograms with SpecAugment recognises twenty spoken words from voices
+it never heard, against an MFCC and logistic-regression baseline, clean and in noise, and streams
+over a long recording in real time.
 
 Docs: https://bigmodel-book.github.io/bigmodel-book/speech.kws.html.md"""
 

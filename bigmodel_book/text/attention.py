@@ -1,4 +1,5 @@
-"""Scaled dot-product attention with masks, multi-head attention, positional encodings and the pre-norm Transformer block, checked against PyTorch's fused kernel.
+"""Scaled dot-product attention with masks, multi-head attention, positional encodings and the
+pre-norm Transformer block, checked against PyTorch's fused kernel.
 
 Docs: https://bigmodel-book.github.io/bigmodel-book/text.attention.html.md"""
 

@@ -1,4 +1,6 @@
-"""Predict whether a shopper recommends a garment, and the star rating, from the review text: TF-IDF with logistic regression, bag of embeddings, TextCNN, BiLSTM and a Transformer encoder, in one table.
+"""Predict whether a shopper recommends a garment, and the star rating, from the review text: TF-IDF
+with logistic regression, bag of embeddings, TextCNN, BiLSTM and a Transformer encoder, in one
+table.
 
 Docs: https://bigmodel-book.github.io/bigmodel-book/text.classify.html.md"""
 

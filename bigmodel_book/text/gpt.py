@@ -1,4 +1,6 @@
-"""A decoder-only Transformer trained on Shakespeare's plays, measured in bits per character on unseen plays against the character LSTM at the same compute, sampled with temperature and top-k, and sped up with a key/value cache.
+"""A decoder-only Transformer trained on Shakespeare's plays, measured in bits per character on
+unseen plays against the character LSTM at the same compute, sampled with temperature and top-k, and
+sped up with a key/value cache.
 
 Docs: https://bigmodel-book.github.io/bigmodel-book/text.gpt.html.md"""
 

@@ -1,4 +1,6 @@
-"""Learn word vectors with skip-gram and negative sampling, find the words and phrases behind unhappy reviews in each department, and discover topics that we check against the shop's departments.
+"""Learn word vectors with skip-gram and negative sampling, find the words and phrases behind
+unhappy reviews in each department, and discover topics that we check against the shop's
+departments.
 
 Docs: https://bigmodel-book.github.io/bigmodel-book/text.mining.html.md"""
 

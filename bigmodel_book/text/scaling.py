@@ -1,4 +1,5 @@
-"""Train the same GPT at five widths and four data budgets, plot validation loss against parameters and tokens on log-log axes, and fit the power laws behind "big models".
+"""Train the same GPT at five widths and four data budgets, plot validation loss against parameters
+and tokens on log-log axes, and fit the power laws behind "big models".
 
 Docs: https://bigmodel-book.github.io/bigmodel-book/text.scaling.html.md"""
 

@@ -1,4 +1,5 @@
-"""Turn text into integer ids three ways (characters, words, subword BPE built from scratch), round-trip any Unicode text, and compare with the `tokenizers` library.
+"""Turn text into integer ids three ways (characters, words, subword BPE built from scratch),
+round-trip any Unicode text, and compare with the `tokenizers` library.
 
 Docs: https://bigmodel-book.github.io/bigmodel-book/text.tokenize.html.md"""
 

@@ -1,4 +1,5 @@
-"""Cross-correlation, padding, stride, dilation, receptive fields, pooling and weight sharing, and a 2-D convolution written as unfold plus one matrix product.
+"""Cross-correlation, padding, stride, dilation, receptive fields, pooling and weight sharing, and a
+2-D convolution written as unfold plus one matrix product.
 
 Docs: https://bigmodel-book.github.io/bigmodel-book/vision.conv.html.md"""
 

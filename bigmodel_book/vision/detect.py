@@ -1,4 +1,5 @@
-"""Scenes composed from real MNIST digits with exact boxes and masks, a one-stage centre-heatmap detector scored by mAP@0.5, and a small U-Net scored by mean IoU.
+"""Scenes composed from real MNIST digits with exact boxes and masks, a one-stage centre-heatmap
+detector scored by mAP@0.5, and a small U-Net scored by mean IoU.
 
 Docs: https://bigmodel-book.github.io/bigmodel-book/vision.detect.html.md"""
 

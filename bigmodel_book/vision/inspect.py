@@ -1,4 +1,5 @@
-"""First-layer filters, feature maps, the confusion matrix, the most confidently wrong test digits, and nearest-neighbour image retrieval with the network's embeddings.
+"""First-layer filters, feature maps, the confusion matrix, the most confidently wrong test digits,
+and nearest-neighbour image retrieval with the network's embeddings.
 
 Docs: https://bigmodel-book.github.io/bigmodel-book/vision.inspect.html.md"""
 

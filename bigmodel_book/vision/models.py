@@ -1,4 +1,5 @@
-"""LeNet-5 and a small residual network with BatchNorm trained on 5,000 real MNIST digits, data augmentation, and baselines from logistic regression and an RBF support-vector machine.
+"""LeNet-5 and a small residual network with BatchNorm trained on 5,000 real MNIST digits, data
+augmentation, and baselines from logistic regression and an RBF support-vector machine.
 
 Docs: https://bigmodel-book.github.io/bigmodel-book/vision.models.html.md"""
 
