@@ -62,7 +62,8 @@ def test_crop_and_too_long_prompt(tok):
 
 
 def test_response_loss_matches_cross_entropy(tok):
-    X, Y = pad_batch([encode_example(tok, 'a', 'yes', 32), encode_example(tok, 'b', 'a soft dress', 32)])
+    pairs = [encode_example(tok, 'a', 'yes', 32), encode_example(tok, 'b', 'a soft dress', 32)]
+    X, Y = pad_batch(pairs)
     logits = torch.randn(*X.shape, tok.vocab_size)
     ref = F.cross_entropy(logits.flatten(0, 1), Y.flatten(), ignore_index=IGNORE)
     assert torch.allclose(response_loss(logits, Y, per='token'), ref, atol=1e-6)
