@@ -3,7 +3,7 @@ broken internal links, and pages that look like a book in a real browser (headle
 network off): typeset maths, loaded figures, highlighted code, hidden cells hidden, sidebar links
 that resolve. Screenshots go to test-output/site/."""
 
-import os, re, shutil, subprocess, sys
+import json, os, re, shutil, subprocess, sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -284,3 +284,18 @@ def test_every_chapter_has_a_colab_badge():
         ):
             missing.append(nb.name)
     assert not missing, f'notebooks without the Colab badge (run the badge step): {missing}'
+
+
+def test_every_plot_is_in_the_committed_outputs():
+    "A cell that shows a figure keeps its picture (a run with MPLBACKEND=Agg drops it silently)."
+    missing = []
+    for nb in sorted((ROOT / 'nbs').glob('*.ipynb')):
+        doc = json.loads(nb.read_text(encoding='utf-8'))
+        for i, c in enumerate(doc['cells']):
+            if c['cell_type'] != 'code' or 'plt.show()' not in ''.join(c['source']):
+                continue
+            if not any('image/png' in o.get('data', {}) for o in c.get('outputs', [])):
+                missing.append(f'{nb.name} cell {i}')
+    assert not missing, (
+        f'figures missing from the committed outputs (re-run without MPLBACKEND=Agg): {missing}'
+    )
