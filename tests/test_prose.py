@@ -45,6 +45,9 @@ PARTS = {
     r'6\d': ['recsys'],
     r'7[0-3]': ['lifecycle'],
     r'7[4-9]': ['lifecycle_deploy'],
+    r'8[0-2]': ['scale'],
+    r'8[3-5]': ['trust'],
+    r'8[6-9]': ['apps'],
 }
 
 # Known prose numbers that no output of their notebook shows: the to-do list of issue 22. Each
