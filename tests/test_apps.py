@@ -1,0 +1,178 @@
+"""Applications (issue 19): no forecaster looks ahead, the metrics match hand-worked cases, and bad
+input gets a clear error."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bigmodel_book.apps.finance import (
+    apps_data_file,
+    diebold_mariano,
+    ewma_variance,
+    garch_variance,
+    historical_variance,
+    kupiec_test,
+    log_returns,
+    qlike,
+    qlike_loss,
+    value_at_risk,
+    variance_rmse,
+    volatility_features,
+    VolatilityGRU,
+)
+
+
+@pytest.fixture(scope='module')
+def returns():
+    rng = np.random.default_rng(0)
+    return rng.standard_t(5, 1500)
+
+
+def perturbed(y, k, seed=1):
+    "The series with every value from index k on replaced by noise."
+    z = y.copy()
+    z[k:] = np.random.default_rng(seed).normal(0, 10, len(y) - k)
+    return z
+
+
+# --- no look-ahead: a value from index k on never changes anything at an origin <= k ------------
+
+
+@pytest.mark.parametrize('k', [200, 700, 1499])
+def test_volatility_features_ignore_the_future(returns, k):
+    origins = np.arange(66, 1500)
+    a = volatility_features(returns, origins, 66, 1.3)
+    b = volatility_features(perturbed(returns, k), origins, 66, 1.3)
+    past = origins <= k
+    assert torch.equal(a[past], b[past])
+    assert not torch.equal(a[~past], b[~past]) or not (~past).any()
+
+
+@pytest.mark.parametrize(
+    'forecaster',
+    [
+        lambda y, o: historical_variance(y, o),
+        lambda y, o: ewma_variance(y, o),
+        lambda y, o: garch_variance(y, 1000, o)[0],  # fitted on the first 1000 days only
+    ],
+    ids=['historical', 'ewma', 'garch'],
+)
+def test_baseline_forecasts_ignore_the_future(returns, forecaster):
+    origins = np.arange(1000, 1500)
+    k = 1200
+    a, b = forecaster(returns, origins), forecaster(perturbed(returns, k), origins)
+    past = origins <= k
+    np.testing.assert_array_equal(a[past], b[past])
+    assert not np.allclose(a[~past], b[~past])
+
+
+def test_gru_forecast_ignores_the_future(returns):
+    torch.manual_seed(0)
+    model = VolatilityGRU(8)
+    torch.nn.init.normal_(model.head.weight)  # a model whose forecast depends on the GRU
+    origins = np.arange(66, 600)
+    k = 400
+    with torch.no_grad():
+        a = model(volatility_features(returns, origins, 66, 1.0))
+        b = model(volatility_features(perturbed(returns, k), origins, 66, 1.0))
+    past = torch.as_tensor(origins <= k)
+    assert torch.equal(a[past], b[past]) and not torch.allclose(a[~past], b[~past])
+
+
+# --- metrics: hand-worked cases -----------------------------------------------------------------
+
+
+def test_qlike_hand_cases():
+    assert qlike([4.0], [4.0]) == pytest.approx(math.log(4) + 1)
+    assert qlike([1.0, 2.0], [0.0, 2.0]) == pytest.approx((0 + 0) / 2 + (math.log(2) + 1) / 2)
+    # minimised in expectation at the true variance; under-forecasts cost more than over-forecasts
+    assert qlike([2.0], [4.0]) > qlike([8.0], [4.0]) > qlike([4.0], [4.0])
+    assert variance_rmse([1.0, 3.0], [2.0, 2.0]) == 1.0
+
+
+def test_qlike_loss_matches_numpy_qlike():
+    lv, r = torch.randn(30, dtype=torch.float64), torch.randn(30, dtype=torch.float64)
+    assert qlike_loss(lv, r).item() == pytest.approx(qlike(np.exp(lv.numpy()), r.numpy() ** 2))
+
+
+def test_kupiec_hand_cases():
+    v = np.zeros(100)
+    v[0] = 1
+    assert kupiec_test(v, 0.01) == dict(days=100, violations=1, rate=0.01, lr=0.0, p_value=1.0)
+    v[:5] = 1
+    lr = -2 * (95 * math.log(0.99) + 5 * math.log(0.01) - 95 * math.log(0.95) - 5 * math.log(0.05))
+    out = kupiec_test(v, 0.01)
+    assert out['lr'] == pytest.approx(lr) and out['p_value'] < 0.05
+    assert kupiec_test(np.zeros(100), 0.01)['lr'] == pytest.approx(-200 * math.log(0.99))
+    assert kupiec_test(np.ones(10, bool), 0.5)['violations'] == 10
+
+
+def test_value_at_risk_is_the_normal_quantile():
+    assert value_at_risk(np.array([4.0]), 0.05)[0] == pytest.approx(2 * 1.6448536, rel=1e-6)
+    assert value_at_risk(np.array([1.0]), 0.01, mean=0.5)[0] == pytest.approx(2.3263479 - 0.5)
+
+
+def test_diebold_mariano_sign_and_zero_lag_z():
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(0, 1, 500), rng.normal(0.5, 1, 500)
+    out = diebold_mariano(a, b, lags=0)
+    d = a - b
+    assert out['stat'] == pytest.approx(d.mean() / (d.std() / math.sqrt(len(d))))
+    assert out['stat'] < 0 and out['p_value'] < 1e-6
+    assert diebold_mariano(a, a + rng.normal(0, 1e-3, 500))['p_value'] > 1e-3
+
+
+def test_log_returns_hand_case():
+    import pandas as pd
+
+    r = log_returns(pd.Series([100.0, 110.0, 99.0]))
+    assert r.tolist() == pytest.approx([100 * math.log(1.1), 100 * math.log(0.9)])
+
+
+# --- bad input ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    'call',
+    [
+        lambda: qlike([0.0], [1.0]),
+        lambda: qlike([1.0], [-1.0]),
+        lambda: qlike([1.0, 2.0], [1.0]),
+        lambda: qlike([], []),
+        lambda: variance_rmse([np.nan], [1.0]),
+        lambda: kupiec_test(np.array([0, 2]), 0.01),
+        lambda: kupiec_test(np.array([]), 0.01),
+        lambda: kupiec_test(np.array([0, 1]), 1.5),
+        lambda: value_at_risk(np.array([1.0]), 0.95),
+        lambda: value_at_risk(np.array([-1.0]), 0.05),
+        lambda: diebold_mariano(np.ones(5), np.ones(6)),
+        lambda: diebold_mariano(np.ones(50), np.ones(50)),
+        lambda: ewma_variance(np.ones(5), np.arange(1, 5), lam=1.0),
+        lambda: volatility_features(np.ones(100), np.arange(10, 20), 5, 0.0),
+        lambda: volatility_features(np.ones(100), np.arange(2, 20), 5, 1.0),
+        lambda: VolatilityGRU(0),
+        lambda: VolatilityGRU()(torch.randn(2, 10, 1)),
+        lambda: VolatilityGRU()(torch.randn(2, 30)),
+        lambda: qlike_loss(torch.zeros(3), torch.zeros(4)),
+    ],
+)
+def test_bad_input_is_a_clear_value_error(call):
+    with pytest.raises(ValueError):
+        call()
+
+
+@pytest.mark.parametrize('prices', [[1.0], [1.0, -2.0], [1.0, float('nan')]])
+def test_log_returns_refuse_bad_prices(prices):
+    import pandas as pd
+
+    with pytest.raises(ValueError):
+        log_returns(pd.Series(prices))
+
+
+def test_missing_data_package_names_the_install_command():
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'bigmodel-book\[apps\]'"):
+        apps_data_file('no_such_data_package_xyz', 'data.csv')
+    with pytest.raises(FileNotFoundError, match=r'bigmodel-book\[apps\]'):
+        apps_data_file('arch', 'data', 'no_such_file.csv.gz')
