@@ -176,3 +176,138 @@ def test_missing_data_package_names_the_install_command():
         apps_data_file('no_such_data_package_xyz', 'data.csv')
     with pytest.raises(FileNotFoundError, match=r'bigmodel-book\[apps\]'):
         apps_data_file('arch', 'data', 'no_such_file.csv.gz')
+
+
+# --- energy demand ------------------------------------------------------------------------------
+
+from bigmodel_book.apps.energy import (  # noqa: E402
+    DemandMLP,
+    PinballLoss,
+    arima_fourier_forecasts,
+    calendar_features,
+    conformal_margin,
+    demand_inputs,
+    interval_coverage,
+    load_taylor,
+    mase,
+    mase_scale,
+    pinball,
+    sorted_quantiles,
+)
+
+
+@pytest.fixture(scope='module')
+def demand():
+    return load_taylor()
+
+
+def test_load_taylor_equals_pmdarima(demand):
+    from pmdarima.datasets import load_taylor as pm_taylor
+
+    np.testing.assert_array_equal(demand.to_numpy(), pm_taylor())
+    assert demand.index[0].day_name() == 'Monday' and len(demand) == 4032
+
+
+@pytest.mark.parametrize('k', [900, 2000])
+def test_demand_inputs_ignore_the_future(demand, k):
+    y = demand.to_numpy()
+    origins = np.arange(672, 2500, 7)
+    xa, ca = demand_inputs(y, demand.index, origins, 3e4, 5e3)
+    xb, cb = demand_inputs(perturbed(y, k), demand.index, origins, 3e4, 5e3)
+    past = torch.as_tensor(origins <= k)
+    assert torch.equal(xa[past], xb[past]) and torch.equal(ca, cb)
+    assert not torch.equal(xa[~past], xb[~past])
+
+
+def test_demand_mlp_forecast_ignores_the_future(demand):
+    torch.manual_seed(0)
+    model = DemandMLP(hidden=16, dropout=0.0).eval()
+    torch.nn.init.normal_(model.net[-1].weight, std=0.1)
+    y = demand.to_numpy()
+    origins, k = np.arange(672, 1500, 5), 1200
+    with torch.no_grad():
+        a = model(*demand_inputs(y, demand.index, origins, 3e4, 5e3))
+        b = model(*demand_inputs(perturbed(y, k), demand.index, origins, 3e4, 5e3))
+    past = torch.as_tensor(origins <= k)
+    assert torch.equal(a[past], b[past]) and not torch.allclose(a[~past], b[~past])
+
+
+def test_arima_fourier_forecasts_ignore_the_future(demand):
+    y = demand.to_numpy()
+    origins, k = np.array([3400, 3440, 3480, 3520]), 3460
+    a, _ = arima_fourier_forecasts(y, 3360, origins)
+    b, _ = arima_fourier_forecasts(np.r_[y[:k], y[k:] * 1.3], 3360, origins)
+    past = origins <= k
+    np.testing.assert_allclose(a[past], b[past], rtol=1e-10)
+    assert not np.allclose(a[~past], b[~past])
+
+
+def test_calendar_features_hand_case():
+    import pandas as pd
+
+    f = calendar_features(pd.DatetimeIndex(['2000-06-05 00:00', '2000-06-10 06:00']))
+    assert f.shape == (2, 9)
+    assert f[0, :2].tolist() == pytest.approx([0.0, 1.0]) and f[0, 2] == 1  # Monday midnight
+    assert f[1, :2].tolist() == pytest.approx([1.0, 0.0], abs=1e-6) and f[1, 2 + 5] == 1  # Sat 6am
+
+
+def test_mase_hand_cases():
+    assert mase_scale(np.array([1.0, 2, 3, 5]), period=2) == 2.5
+    assert mase(np.array([6.0, 7.0]), np.array([1.0, 2.0]), 2.5) == 2.0
+    y = np.arange(20.0)
+    # a forecast exactly as good as the in-sample seasonal naive forecast scores 1
+    assert mase(y[5:] - 5, y[5:], mase_scale(y, period=5)) == 1.0
+
+
+def test_pinball_hand_cases():
+    assert pinball([10.0], [12.0], 0.9) == pytest.approx(1.8)
+    assert pinball([10.0], [12.0], 0.1) == pytest.approx(0.2)
+    assert pinball([12.0], [10.0], 0.9) == pytest.approx(0.2)
+    assert pinball([3.0, 5.0], [4.0, 4.0], 0.5) == pytest.approx(0.5)  # half the absolute error
+    pq, tq = torch.randn(3, 4, 5), torch.randn(3, 4)
+    qs = (0.025, 0.1, 0.5, 0.9, 0.975)
+    ref = np.mean([pinball(pq[..., i].numpy(), tq.numpy(), t) for i, t in enumerate(qs)])
+    assert PinballLoss(qs)(pq, tq).item() == pytest.approx(ref, rel=1e-5)
+
+
+def test_sorting_quantiles_never_increases_pinball():
+    torch.manual_seed(0)
+    q, t = torch.randn(64, 6, 5), torch.randn(64, 6)
+    loss = PinballLoss()
+    assert loss(sorted_quantiles(q), t) <= loss(q, t) + 1e-7
+
+
+def test_coverage_and_conformal_hand_cases():
+    assert interval_coverage([0, 0, 0], [1, 1, 1], [0.5, 2, 1]) == pytest.approx(2 / 3)
+    lo, hi, t = np.zeros(10), np.ones(10), np.r_[np.linspace(0.1, 0.9, 9), 1.5]
+    assert conformal_margin(lo, hi, t, 0.9) == 0.5
+    rng = np.random.default_rng(0)
+    cal, test = rng.normal(size=2000), rng.normal(size=2000)
+    m = conformal_margin(np.zeros(2000), np.zeros(2000), cal, 0.8)
+    assert abs(interval_coverage(np.full(2000, -m), np.full(2000, m), test) - 0.8) < 0.03
+
+
+@pytest.mark.parametrize(
+    'call',
+    [
+        lambda: mase(np.ones(3), np.ones(4), 1.0),
+        lambda: mase(np.ones(3), np.ones(3), 0.0),
+        lambda: mase_scale(np.ones(10), period=336),
+        lambda: mase_scale(np.ones(10), period=2),
+        lambda: pinball([1.0], [1.0], 0.0),
+        lambda: pinball([1.0, 2.0], [1.0], 0.5),
+        lambda: interval_coverage([2.0], [1.0], [1.5]),
+        lambda: interval_coverage([0.0], [1.0, 2.0], [1.5]),
+        lambda: conformal_margin([0.0], [1.0], [0.5], 1.0),
+        lambda: PinballLoss((0.5, 1.2)),
+        lambda: PinballLoss()(torch.zeros(2, 3, 4), torch.zeros(2, 3)),
+        lambda: DemandMLP(horizon=0),
+        lambda: DemandMLP()(torch.randn(2, 336, 1), torch.randn(2, 9)),
+        lambda: DemandMLP()(torch.randn(2, 672, 1), torch.randn(3, 9)),
+        lambda: demand_inputs(np.ones(1000), None, np.array([700]), 0.0, 0.0),
+        lambda: arima_fourier_forecasts(np.ones(4000), 3000, np.array([2900])),
+    ],
+)
+def test_energy_bad_input_is_a_clear_value_error(call):
+    with pytest.raises(ValueError):
+        call()
