@@ -311,3 +311,55 @@ def test_coverage_and_conformal_hand_cases():
 def test_energy_bad_input_is_a_clear_value_error(call):
     with pytest.raises(ValueError):
         call()
+
+
+# --- anomaly detection --------------------------------------------------------------------------
+
+from bigmodel_book.apps.anomaly import (  # noqa: E402
+    AutoEncoder,
+    alarm_scores,
+    best_f1_threshold,
+    load_shuttle,
+    reconstruction_scores,
+    zscore_scores,
+)
+
+
+def test_load_shuttle_shape_and_labels():
+    x, y = load_shuttle()
+    assert x.shape == (49097, 9) and x.dtype == np.float32 and int(y.sum()) == 3511
+
+
+def test_anomaly_scores_hand_cases():
+    assert zscore_scores(np.array([[0.5, -3.0, 1.0], [0.0, 0.0, 0.1]])).tolist() == [3.0, 0.1]
+    ident = torch.nn.Linear(3, 3)
+    torch.nn.init.eye_(ident.weight)
+    torch.nn.init.zeros_(ident.bias)
+    assert np.allclose(reconstruction_scores(ident, np.random.randn(4, 3)), 0, atol=1e-6)
+    zero = torch.nn.Linear(2, 2)
+    torch.nn.init.zeros_(zero.weight)
+    torch.nn.init.zeros_(zero.bias)
+    assert reconstruction_scores(zero, np.array([[1.0, 3.0]])).tolist() == [5.0]  # (1 + 9) / 2
+
+
+def test_threshold_and_alarms_hand_cases():
+    assert best_f1_threshold(np.array([0.1, 0.2, 0.8, 0.9]), np.array([0, 0, 1, 1])) == 0.8
+    out = alarm_scores(np.array([0.1, 0.9, 0.8]), np.array([0, 1, 0]), 0.5)
+    assert out == dict(precision=0.5, recall=1.0, f1=pytest.approx(2 / 3))
+
+
+@pytest.mark.parametrize(
+    'call',
+    [
+        lambda: AutoEncoder(code=9),
+        lambda: AutoEncoder(hidden=0),
+        lambda: zscore_scores(np.ones(3)),
+        lambda: reconstruction_scores(AutoEncoder(), np.ones(9)),
+        lambda: best_f1_threshold(np.ones(3), np.zeros(3)),
+        lambda: best_f1_threshold(np.ones(3), np.array([0, 2, 1])),
+        lambda: alarm_scores(np.ones(3), np.ones(2), 0.5),
+    ],
+)
+def test_anomaly_bad_input_is_a_clear_value_error(call):
+    with pytest.raises(ValueError):
+        call()
