@@ -29,12 +29,18 @@ PACKAGES = {
     'sequence': 'Recurrent networks: cells, forecasting, character language models, seq2seq.',
     'gan': 'Generative adversarial networks: the game, DCGAN and its variants.',
     'speech': 'Speech: offline data, keyword spotting, CTC recognition.',
-    'text': 'Text and Transformers: tokenisation, attention, classifiers, mining, a GPT, scaling.',
+    'text': (
+        'Text and Transformers: tokenisation, attention, classifiers, mining, a GPT, scaling, '
+        'instruction tuning and LoRA.'
+    ),
     'recsys': 'Recommendation: data and metrics, models, side information.',
     'lifecycle': (
         'The model lifecycle: tuning, fine-tuning, distillation, compression, export, '
-        'serving.'
+        'serving, edge runtimes, dynamic batching.'
     ),
+    'scale': 'Scaling up: memory accounting, activation checkpointing, mixture of experts, FSDP.',
+    'trust': 'Trust and privacy: DP-SGD, membership inference, federated learning, attacks.',
+    'apps': 'Applications: financial risk, energy demand, anomaly detection.',
     'cli': 'The `bigmodel-book` command line.',
 }
 
