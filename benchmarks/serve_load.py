@@ -7,7 +7,9 @@ loaded from this process. Three parts, each bounded in requests and seconds:
    deep, 5,000-digit integers, booleans among numbers, garbage, bodies and headers over the
    limits): zero failed good requests, zero 5xx answers, every bad one a 4xx JSON error;
 3. guarded: a server with a token and a rate limit: the 401 and 429 counts against the counts the
-   token bucket predicts.
+   token bucket predicts;
+4. batching: the per-request server (baseline) against `--dynamic-batch 32` (torch, and ONNX
+   Runtime) at concurrency 1, 8, 32 and 64 in the same run: throughput and p50/p99 as ratios.
 
     python benchmarks/serve_load.py [--requests 2000] [--concurrency 32] [--batch 1] \
         [--device cpu|cuda] [--seconds 15]
@@ -238,6 +240,32 @@ def guarded(mdir, images, device, rate=20.0, burst=10, seconds=4.0):
     )
 
 
+def batching(mdir, images, device, args, levels=(1, 8, 32, 64)) -> dict:
+    "Per-request against dynamically batched servers, one after the other, at each concurrency."
+    modes = {
+        'per_request': [],
+        'batched_torch': ['--dynamic-batch', '32', '--batch-wait-ms', '2'],
+    }
+    if device == 'cpu':
+        modes['batched_onnxruntime'] = modes['batched_torch'] + ['--backend', 'onnxruntime']
+    res = {}
+    for mode, extra in modes.items():
+        with start_server(
+            mdir, timeout=300, args=['--device', device, '--threads', '1', *extra]
+        ) as s:
+            load(s.url, images, 50, 4, 1)  # warm-up
+            res[mode] = {
+                f'c{c}': load(s.url, images, args.batching_requests, c, 1, args.seconds)
+                for c in levels
+            }
+    for mode in res:
+        for c, r in res[mode].items():
+            base = res['per_request'][c]
+            r['throughput_vs_per_request'] = r['throughput_rps'] / base['throughput_rps']
+            r['p99_vs_per_request'] = r['p99_ms'] / base['p99_ms']
+    return res
+
+
 def direct_latency(model, images, n, device):
     """Per-call latency (ms) of the model called in this process on one image,
     as the server would (softmax, to list)."""
@@ -257,7 +285,11 @@ def run(device: str, args) -> dict:
     images = torch.rand(256, 1, 28, 28).tolist()
     with tempfile.TemporaryDirectory() as d:
         mdir = save_model_dir(
-            model, Path(d) / 'lenet5', kwargs={'n_classes': 10}, input_shape=[1, 28, 28], formats=()
+            model,
+            Path(d) / 'lenet5',
+            kwargs={'n_classes': 10},
+            input_shape=[1, 28, 28],
+            formats=('onnx',),
         )
         with start_server(mdir, timeout=300, args=['--device', device, '--threads', '1']) as server:
             load(server.url, images, 50, 4, args.batch)  # warm-up
@@ -267,6 +299,7 @@ def run(device: str, args) -> dict:
             res['hostile'] = hostile(server.url, images, args)
             alive = __import__('httpx').get(server.url + '/health').status_code == 200
         res['guarded'] = guarded(mdir, images, device)
+        res['batching'] = batching(mdir, images, device, args)
     torch.set_num_threads(1)
     model = model.to(device)
     direct = direct_latency(model, images, 500, device)
@@ -284,8 +317,10 @@ def ok(r: dict) -> bool:
     "Whether a device's results meet the goals: no failures, no 5xx, counts as the bucket says."
     h, g = r['hostile'], r['guarded']
     wt, nt = g['with_token'], g['without_token']
+    batched = [x for mode in r['batching'].values() for x in mode.values()]
     return (
         r['failures'] == 0
+        and all(x['failures'] == 0 for x in batched)
         and r['server_alive_after']
         and h['failures'] == 0
         and h['bad_5xx'] == 0
@@ -306,6 +341,12 @@ def main(argv=None):
     p.add_argument('--requests', type=int, default=2000)
     p.add_argument('--concurrency', type=int, default=32)
     p.add_argument('--batch', type=int, default=1, help='images per request')
+    p.add_argument(
+        '--batching-requests',
+        type=int,
+        default=1000,
+        help='requests per concurrency level in the batching comparison',
+    )
     p.add_argument(
         '--seconds', type=float, default=15.0, help='time bound of the clean and hostile parts'
     )
@@ -336,6 +377,16 @@ def main(argv=None):
         )
         for kind, counts in h['bad_by_kind'].items():
             print(f"    {kind}: {counts}")
+        for mode, per_c in r['batching'].items():
+            print(
+                f"[{d}] {mode}: "
+                + '; '.join(
+                    f"{c}: {x['throughput_rps']:.0f}/s ({x['throughput_vs_per_request']:.2f}x), "
+                    f"p50 {x['p50_ms']:.1f} ms, p99 {x['p99_ms']:.1f} ms "
+                    f"({x['p99_vs_per_request']:.2f}x), failures {x['failures']}"
+                    for c, x in per_c.items()
+                )
+            )
         nt, wt = g['without_token'], g['with_token']
         print(
             f"[{d}] guarded (rate {g['rate']:g}/s, burst {g['burst']}): without token "

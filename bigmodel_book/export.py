@@ -11,9 +11,12 @@ from bigmodel_book.core import forwarder
 _MOVED = {
     'BUILDERS': 'lifecycle.export:BUILDERS',
     'FORMAT': 'lifecycle.export:FORMAT',
+    'GRAPH_FILES': 'lifecycle.export:GRAPH_FILES',
+    'GRAPH_WRITERS': 'lifecycle.export:GRAPH_WRITERS',
     'INPUT_DTYPES': 'lifecycle.export:INPUT_DTYPES',
     'MAX_INPUT_NUMEL': 'lifecycle.export:MAX_INPUT_NUMEL',
     'ModelDirError': 'lifecycle.export:ModelDirError',
+    'WRITER_MODULES': 'lifecycle.export:WRITER_MODULES',
     'builder_name': 'lifecycle.export:builder_name',
     'check_model': 'lifecycle.export:check_model',
     'config_digest': 'lifecycle.export:config_digest',

@@ -9,6 +9,7 @@ warnings.warn(_MESSAGE, DeprecationWarning, stacklevel=2)
 from bigmodel_book.core import forwarder
 
 _MOVED = {
+    'BACKENDS': 'lifecycle.serve:BACKENDS',
     'PredictRequest': 'lifecycle.serve:PredictRequest',
     'RequestError': 'lifecycle.serve:RequestError',
     'RequestGuard': 'lifecycle.serve:RequestGuard',
@@ -19,6 +20,7 @@ _MOVED = {
     'free_port': 'lifecycle.serve:free_port',
     'guarded_protocol': 'lifecycle.serve:guarded_protocol',
     'load_test': 'lifecycle.serve:load_test',
+    'model_forward': 'lifecycle.serve:model_forward',
     'parse_batch': 'lifecycle.serve:parse_batch',
     'parse_json_body': 'lifecycle.serve:parse_json_body',
     'read_token': 'lifecycle.serve:read_token',

@@ -77,3 +77,43 @@ def test_errors_under_torchrun_come_once_from_rank_zero(tmp_path):
         ranks[rank] = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
     assert ranks['0'].returncode == ranks['1'].returncode == 1
     assert "'tpu'" in ranks['0'].stderr and ranks['1'].stderr.strip() == ''
+
+
+def test_export_format_executorch(tmp_path):
+    "`bigmodel-book export --format executorch` writes a verified model.pte that agrees with eager."
+    import torch
+
+    from bigmodel_book.lifecycle.edge import EdgeModel
+    from bigmodel_book.lifecycle.export import load_model_dir
+    from bigmodel_book.train.checkpoint import save_weights
+    from bigmodel_book.vision.models import LeNet5
+
+    torch.manual_seed(0)
+    model = LeNet5(n_classes=10).eval()
+    (tmp_path / 'run').mkdir()
+    save_weights(model, tmp_path / 'run' / 'model.safetensors')
+    out = tmp_path / 'lenet'
+    args = ['export', '--checkpoint', str(tmp_path / 'run'), '--kwargs', '{"n_classes": 10}']
+    args += ['--builder', 'bigmodel_book.vision.models:LeNet5', '--input-shape', '1', '28', '28']
+    assert main([*args, '--format', 'executorch', '--out', str(out)]) == 0
+    _, config = load_model_dir(out)  # the digests cover model.pte
+    assert set(config['files']) == {'model.safetensors', 'model.pte'}
+    x = torch.rand(1, 1, 28, 28)
+    with torch.no_grad():
+        assert (EdgeModel(out / 'model.pte')(x) - model(x)).abs().max() < 1e-4
+
+
+def test_export_without_builder_reads_the_run(tmp_path, capsys):
+    "A `train vision` run leaves model.json, so export needs no --builder; without it, one line."
+    run_dir = tmp_path / 'run'
+    args = ['train', 'vision', '--model', 'lenet', '--epochs', '1', '--bs', '256', '--quiet']
+    assert main([*args, '--device', 'cpu', '--out', str(run_dir)]) == 0
+    saved = json.loads((run_dir / 'model.json').read_text())
+    assert saved['builder'] == 'bigmodel_book.vision.models:LeNet5'
+    out = tmp_path / 'exported'
+    assert main(['export', '--checkpoint', str(run_dir), '--formats', '--out', str(out)]) == 0
+    config = json.loads((out / 'config.json').read_text())
+    assert config['builder'] == saved['builder'] and config['input_shape'] == [1, 28, 28]
+    (run_dir / 'model.json').unlink()
+    r = run('export', '--checkpoint', str(run_dir), '--out', str(tmp_path / 'again'))
+    assert r.returncode == 1 and 'holds no model.json' in r.stderr and 'Traceback' not in r.stderr

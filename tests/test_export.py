@@ -510,3 +510,17 @@ def test_register_builder(tmp_path):
     with pytest.raises(ValueError, match='Cannot register'):
         register_builder(Local)
     assert BUILDERS == before
+
+
+def test_edge_refuses_bad_input(tmp_path):
+    "ExecuTorch helpers: clear errors for missing programs, bad thread counts and no calibration."
+    from bigmodel_book.lifecycle.edge import EdgeModel, quantize_int8_pt2e, set_executorch_threads
+
+    with pytest.raises(FileNotFoundError, match='No ExecuTorch program'):
+        EdgeModel(tmp_path / 'missing.pte')
+    with pytest.raises(ValueError, match='at least 1 thread'):
+        set_executorch_threads(0)
+    with pytest.raises(ValueError, match='calibration gave no batches'):
+        quantize_int8_pt2e(mlp(n_hidden=8), torch.rand(2, 64), [])
+    with pytest.raises(ValueError, match='Unknown export formats'):
+        save_model_dir(mlp(), tmp_path / 'm', builder=BUILDER, input_shape=[64], formats=['tflite'])

@@ -526,3 +526,116 @@ def test_serve_help_states_limits(capsys):
         '(default: 256)',
     ):
         assert word in out, word
+
+
+# --- dynamic batching (8.9) ---------------------------------------------------------------
+
+
+def test_batcher_returns_each_request_its_rows():
+    "Property: random request sizes in random arrival orders each get exactly their own rows."
+    from bigmodel_book.lifecycle.batching import BatchPolicy, DynamicBatcher
+
+    async def trial(seed):
+        rng = np.random.default_rng(seed)
+        rows, wait = int(rng.integers(1, 12)), float(rng.uniform(0, 2))
+        policy = BatchPolicy(max_rows=rows, max_wait_ms=wait)
+        batcher = DynamicBatcher(lambda x: x * 3.0 + 1.0, policy)
+        reqs = [rng.normal(size=(int(rng.integers(1, 8)), 2)) for _ in range(30)]
+
+        async def one(x):
+            await asyncio.sleep(float(rng.uniform(0, 0.003)))
+            return await batcher.submit(x)
+
+        outs = await asyncio.gather(*(one(x) for x in reqs))
+        assert all(np.array_equal(o, x * 3.0 + 1.0) for o, x in zip(outs, reqs))
+        return batcher.batches
+
+    for seed in range(8):
+        asyncio.run(asyncio.wait_for(trial(seed), 10))
+
+
+def test_batcher_queue_bound_and_retry_after():
+    "A full queue refuses at once with 503 and Retry-After; queued inputs never exceed the bound."
+    import threading
+
+    from bigmodel_book.lifecycle.batching import BatchPolicy, DynamicBatcher, QueueFull
+
+    gate = threading.Event()
+
+    def slow(x):
+        gate.wait(5)
+        return x
+
+    async def scenario():
+        batcher = DynamicBatcher(slow, BatchPolicy(max_rows=2, max_wait_ms=0, max_queue=4))
+        tasks = [asyncio.create_task(batcher.submit(np.ones((1, 1)) * i)) for i in range(12)]
+        await asyncio.sleep(0.2)
+        peak = batcher.queued
+        gate.set()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        return peak, results
+
+    t = time.monotonic()
+    peak, results = asyncio.run(asyncio.wait_for(scenario(), 10))
+    refused = [r for r in results if isinstance(r, QueueFull)]
+    assert time.monotonic() - t < 8 and peak <= 4 and refused
+    assert all(r.status == 503 and r.headers['retry-after'].isdigit() for r in refused)
+    served = [r for r in results if isinstance(r, np.ndarray)]
+    assert len(served) + len(refused) == 12 and len(served) >= 4
+    with pytest.raises(ValueError, match='max_rows >= 1'):
+        BatchPolicy(max_rows=0).check()
+
+
+def test_batched_server_equals_unbatched_and_sheds_load(server, model_dir):
+    "Over HTTP: batched answers equal the per-request server's; a full queue answers 503 quickly."
+    s, client = server
+    rng = np.random.default_rng(0)
+    bodies = [json.dumps({'inputs': rng.random((1, 64)).tolist()}).encode() for _ in range(24)]
+    want = [client.post('/predict', content=b, headers=J).json() for b in bodies]
+
+    async def burst(url, bodies):
+        async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+            return await asyncio.gather(*(c.post('/predict', content=b, headers=J) for b in bodies))
+
+    args = ['--dynamic-batch', '8', '--batch-wait-ms', '5']
+    with start_server(model_dir[1], timeout=300, args=args) as batched:
+        got = asyncio.run(burst(batched.url, bodies))
+    assert all(r.status_code == 200 for r in got)
+    for g, w in zip(got, want):
+        g = g.json()
+        assert g['predictions'] == w['predictions']
+        assert np.allclose(g['probabilities'], w['probabilities'], atol=1e-6)
+    args = ['--dynamic-batch', '2', '--batch-wait-ms', '200', '--queue-size', '2']
+    with start_server(model_dir[1], timeout=300, args=args) as small:
+        t = time.monotonic()
+        rs = asyncio.run(burst(small.url, bodies))
+        took = time.monotonic() - t
+    codes = [r.status_code for r in rs]
+    assert set(codes) <= {200, 503} and 503 in codes and 200 in codes and took < 20
+    full = next(r for r in rs if r.status_code == 503)
+    assert full.headers['retry-after'].isdigit() and full.json()['error'] == 'queue full'
+
+
+def test_onnxruntime_backend(tmp_path):
+    "--backend onnxruntime answers as torch does; a directory without model.onnx is refused."
+    from bigmodel_book.lifecycle.serve import create_app
+
+    torch.manual_seed(0)
+    model = mlp(n_hidden=16).eval()
+    kw = dict(builder='bigmodel_book.train.learner:mlp', kwargs={'n_hidden': 16}, input_shape=[64])
+    d = save_model_dir(model, tmp_path / 'onnx', formats=('onnx',), **kw)
+
+    async def post(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url='http://t') as c:
+            return (await c.post('/predict', json=GOOD)).json()
+
+    ort = asyncio.run(post(create_app(d, backend='onnxruntime')))
+    eager = asyncio.run(post(create_app(d)))
+    assert ort['predictions'] == eager['predictions']
+    assert np.allclose(ort['probabilities'], eager['probabilities'], atol=1e-5)
+    bare = save_model_dir(model, tmp_path / 'bare', formats=(), **kw)
+    with pytest.raises(ValueError, match='no model.onnx'):
+        create_app(bare, backend='onnxruntime')
+    with pytest.raises(ValueError, match='backend must be one of'):
+        create_app(bare, backend='tensorrt')

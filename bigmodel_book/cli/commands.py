@@ -14,12 +14,28 @@ from .core import add_options, command_parser, config_from_args, report
 from .core import train_arg_parser
 
 # %% auto #0
-__all__ = ['train_digits_main', 'train_vision_main', 'train_sequence_main', 'train_gan_main',
-           'sample_main', 'train_speech_main', 'transcribe_main', 'train_text_main',
-           'generate_main', 'train_recsys_main', 'tune_main', 'export_main', 'serve_main',
-           'train_distributed_main']
+__all__ = ['MODEL_CONFIG', 'save_model_config', 'train_digits_main', 'train_vision_main',
+           'train_sequence_main', 'train_gan_main', 'sample_main', 'train_speech_main',
+           'transcribe_main', 'train_text_main', 'generate_main', 'train_recsys_main',
+           'tune_main', 'export_main', 'serve_main', 'train_distributed_main']
 
 # %% ../../nbs/91_cli.commands.ipynb #f0481f9d
+MODEL_CONFIG = 'model.json'  # what a run folder says about its model, for `bigmodel-book export`
+
+
+def save_model_config(
+    out: Path | None, builder: str, kwargs: dict, input_shape: list, labels: list | None = None
+) -> Path | None:
+    """Write `model.json` (builder, kwargs, input shape, labels) into the run folder `out`, so that
+    `bigmodel-book export --checkpoint out` needs no --builder."""
+    if out is None:
+        return None
+    path = Path(out) / MODEL_CONFIG
+    config = dict(builder=builder, kwargs=kwargs, input_shape=input_shape, labels=labels)
+    path.write_text(json.dumps(config, indent=1))
+    return path
+
+
 def train_digits_main(argv: Sequence[str] | None = None) -> dict:
     "`bigmodel-book train digits`: the two-layer perceptron on scikit-learn's 8x8 digits."
     from bigmodel_book.train.checkpoint import DigitsConfig, train_digits
@@ -27,6 +43,7 @@ def train_digits_main(argv: Sequence[str] | None = None) -> dict:
     about = 'Train a two-layer perceptron on the 8x8 digits and report test accuracy.'
     args = train_arg_parser('digits', about, epochs=20, lr=1e-2).parse_args(argv)
     _, metrics = train_digits(config_from_args(DigitsConfig, args))
+    save_model_config(args.out, 'bigmodel_book.train.learner:mlp', {}, [64])
     return report(metrics)
 
 # %% ../../nbs/91_cli.commands.ipynb #cb10fbf5
@@ -71,6 +88,13 @@ def train_vision_main(argv: Sequence[str] | None = None) -> dict:
     )
     args = p.parse_args(argv)
     _, metrics = train_vision(config_from_args(VisionConfig, args))
+    _, channels, size = IMAGE_DATASETS.get(metrics['dataset'], (None, 1, 28))
+    if args.model == 'lenet':
+        builder, kwargs = 'LeNet5', dict(n_classes=10, in_channels=channels, size=size)
+    else:
+        builder, kwargs = 'ResNet', dict(n_classes=10, width=args.width, in_channels=channels)
+    shape = [channels, size, size]
+    save_model_config(args.out, f'bigmodel_book.vision.models:{builder}', kwargs, shape)
     return report(metrics)
 
 # %% ../../nbs/91_cli.commands.ipynb #50273c54
@@ -413,6 +437,25 @@ def tune_main(argv: Sequence[str] | None = None) -> dict:
     return report(run_study(config_from_args(TuneConfig, args)))
 
 
+def _run_model_config(checkpoint: Path) -> dict:
+    "The builder, kwargs and input shape a training run left in its folder (`model.json`)."
+    folder = checkpoint if checkpoint.is_dir() else checkpoint.parent
+    path = folder / MODEL_CONFIG
+    if not path.is_file():
+        raise ValueError(
+            f"{folder} holds no {MODEL_CONFIG}, so the model its weights belong to is unknown; "
+            "pass --builder (and --kwargs, --input-shape), or export a run of a `bigmodel-book "
+            "train` task that writes it (digits, vision)."
+        )
+    try:
+        saved = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); pass --builder instead.") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get('builder'), str):
+        raise ValueError(f"{path} names no builder; pass --builder instead.")
+    return saved
+
+
 def export_main(argv: Sequence[str] | None = None) -> Path:
     "`bigmodel-book export`: write trained weights as a verified model directory."
     from bigmodel_book.lifecycle.export import BUILDERS, export_checkpoint
@@ -420,7 +463,7 @@ def export_main(argv: Sequence[str] | None = None) -> Path:
     p = command_parser(
         'export',
         'Write trained weights as a verified model directory '
-        '(safetensors, ONNX, torch.export).',
+        '(safetensors, ONNX, torch.export, ExecuTorch).',
     )
     p.add_argument(
         '--checkpoint',
@@ -431,40 +474,56 @@ def export_main(argv: Sequence[str] | None = None) -> Path:
     )
     p.add_argument(
         '--builder',
-        required=True,
-        help='a registered model constructor: ' + ', '.join(sorted(BUILDERS)),
+        default=None,
+        help='a registered model constructor: ' + ', '.join(sorted(BUILDERS))
+        + f' (default: the one in the training run\'s {MODEL_CONFIG})',
     )
-    p.add_argument('--kwargs', default='{}', help='constructor arguments as a JSON object')
+    p.add_argument(
+        '--kwargs',
+        default=None,
+        help=f'constructor arguments, a JSON object (default: the run\'s {MODEL_CONFIG} or {{}})',
+    )
     p.add_argument(
         '--input-shape',
         type=int,
         nargs='+',
-        required=True,
-        help='shape of one input without the batch, e.g. 1 28 28',
+        default=None,
+        help=f'shape of one input without the batch, e.g. 1 28 28 (default: from {MODEL_CONFIG})',
     )
     p.add_argument('--labels', nargs='*', default=None, help='class labels in output order')
     p.add_argument(
         '--formats',
+        '--format',
         nargs='*',
         default=['onnx', 'pt2'],
-        choices=['onnx', 'pt2'],
-        help='graph exports besides safetensors',
+        choices=['onnx', 'pt2', 'executorch'],
+        help='graph exports besides safetensors (executorch: model.pte, an ExecuTorch program '
+        'with the XNNPACK backend for batches of one input; needs the [edge] extra)',
     )
     p.add_argument('--out', type=Path, required=True, help='the model directory to write')
     args = p.parse_args(argv)
-    try:
-        kwargs = json.loads(args.kwargs)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"--kwargs must be a JSON object, got {args.kwargs!r} ({e}).") from None
+    saved = _run_model_config(args.checkpoint) if args.builder is None else {}
+    if args.kwargs is None:
+        kwargs = saved.get('kwargs', {}) if args.builder is None else {}
+    else:
+        try:
+            kwargs = json.loads(args.kwargs)
+        except json.JSONDecodeError as e:
+            raise ValueError(
+                f"--kwargs must be a JSON object, got {args.kwargs!r} ({e})."
+            ) from None
     if not isinstance(kwargs, dict):
         raise ValueError(f"--kwargs must be a JSON object, got {args.kwargs!r}.")
+    shape = args.input_shape or saved.get('input_shape')
+    if shape is None:
+        raise ValueError("give --input-shape (the shape of one input, e.g. 1 28 28).")
     out = export_checkpoint(
         args.checkpoint,
-        args.builder,
-        args.input_shape,
+        args.builder or saved['builder'],
+        shape,
         args.out,
         kwargs=kwargs,
-        labels=args.labels,
+        labels=args.labels if args.labels is not None else saved.get('labels'),
         formats=args.formats,
     )
     print(f"wrote {out}: {', '.join(sorted(f.name for f in out.iterdir()))}")
@@ -482,7 +541,8 @@ def serve_main(argv: Sequence[str] | None = None) -> None:
         epilog='Every refusal is a JSON error: 413 batch or body too large, 431 headers too '
         'large, 400/422 malformed or invalid JSON (numbers longer than 100 characters, deep '
         'nesting), 408 headers or body too slow, 503 too many connections, 429 over the rate '
-        '(with Retry-After), 401 no or wrong token (/health stays open). The token is read from '
+        '(with Retry-After), 401 no or wrong token (/health stays open); with --dynamic-batch, 503 '
+        'with Retry-After when the queue is full. The token is read from '
         '--token-file or else the environment variable BMB_SERVE_TOKEN. Plain HTTP: put TLS in '
         'a reverse proxy in front before exposing the server.',
     )
@@ -524,8 +584,40 @@ def serve_main(argv: Sequence[str] | None = None) -> None:
     p.add_argument(
         '--device', default='cpu', help="where the model runs: 'cpu', 'cuda', 'auto', ..."
     )
-    p.add_argument('--threads', type=int, default=1, help='torch intra-op threads for inference')
+    p.add_argument(
+        '--threads', type=int, default=1, help='torch or ONNX Runtime threads for inference'
+    )
+    p.add_argument(
+        '--backend',
+        choices=['torch', 'onnxruntime'],
+        default='torch',
+        help="run the model in eager PyTorch or in ONNX Runtime (the directory's model.onnx)",
+    )
+    p.add_argument(
+        '--dynamic-batch',
+        type=int,
+        default=0,
+        help='stack concurrent requests into forward passes of at most this many inputs '
+        '(0: one forward pass per request)',
+    )
+    p.add_argument(
+        '--batch-wait-ms',
+        type=float,
+        default=2.0,
+        help='with --dynamic-batch: how long a request waits for others to join its batch',
+    )
+    p.add_argument(
+        '--queue-size',
+        type=int,
+        default=256,
+        help='with --dynamic-batch: inputs waiting at most; beyond, 503 with Retry-After',
+    )
     args = p.parse_args(argv)
+    batching = None
+    if args.dynamic_batch:
+        from bigmodel_book.lifecycle.batching import BatchPolicy
+
+        batching = BatchPolicy(args.dynamic_batch, args.batch_wait_ms, args.queue_size).check()
     limits = ServeLimits(
         max_batch=args.max_batch,
         max_body=args.max_body,
@@ -548,6 +640,8 @@ def serve_main(argv: Sequence[str] | None = None) -> None:
         limits=limits,
         token=read_token(args.token_file),
         docs=args.docs,
+        backend=args.backend,
+        batching=batching,
     )
 
 

@@ -20,10 +20,11 @@ from ..train.checkpoint import load_weights, save_weights
 from ..train.learner import CheckpointError, unwrap
 
 # %% auto #0
-__all__ = ['FORMAT', 'BUILDERS', 'INPUT_DTYPES', 'MAX_INPUT_NUMEL', 'ModelDirError',
-           'register_builder', 'builder_name', 'resolve_builder', 'export_program',
-           'export_onnx', 'onnx_max_diff', 'check_model', 'config_digest',
-           'save_model_dir', 'read_config', 'load_model_dir', 'export_checkpoint']
+__all__ = ['FORMAT', 'BUILDERS', 'INPUT_DTYPES', 'MAX_INPUT_NUMEL', 'GRAPH_WRITERS', 'GRAPH_FILES',
+           'WRITER_MODULES', 'ModelDirError', 'register_builder', 'builder_name',
+           'resolve_builder', 'export_program', 'export_onnx', 'onnx_max_diff',
+           'check_model', 'config_digest', 'save_model_dir', 'read_config',
+           'load_model_dir', 'export_checkpoint']
 
 # %% ../../nbs/74_lifecycle.export.ipynb #24fe0843
 FORMAT = 'bigmodel-book model v2'
@@ -240,6 +241,11 @@ def _build(builder: str, kwargs) -> nn.Module:
     return model
 
 # %% ../../nbs/74_lifecycle.export.ipynb #ba4cb83a
+GRAPH_WRITERS: dict[str, Callable] = {}  # format -> writer(model, example, file), registered
+GRAPH_FILES: dict[str, str] = {'executorch': 'model.pte'}  # format -> the file it writes
+WRITER_MODULES = {'executorch': 'bigmodel_book.lifecycle.edge'}  # imported when asked for
+
+
 def save_model_dir(
     model: nn.Module,
     path: str | Path,
@@ -258,8 +264,13 @@ def save_model_dir(
     builder = builder or builder_name(model)
     kwargs, shape = dict(kwargs or {}), _check_shape(input_shape)
     labels = _check_labels(labels)
-    if unknown := set(formats) - {'onnx', 'pt2'}:
-        raise ValueError(f"Unknown export formats {sorted(unknown)}; use 'onnx' and/or 'pt2'.")
+    for f in set(formats) & set(WRITER_MODULES) - set(GRAPH_WRITERS):
+        importlib.import_module(WRITER_MODULES[f])  # registers its writer
+    if unknown := set(formats) - {'onnx', 'pt2', *GRAPH_WRITERS}:
+        raise ValueError(
+            f"Unknown export formats {sorted(unknown)}; use any of "
+            f"{', '.join(['onnx', 'pt2', *sorted(GRAPH_WRITERS)])}."
+        )
     rebuilt = _build(builder, kwargs)  # fail now, not at load time, if builder and kwargs misfit
     if [tuple(v.shape) for v in rebuilt.state_dict().values()] != [
         tuple(v.shape) for v in model.state_dict().values()
@@ -270,7 +281,7 @@ def save_model_dir(
         )
     check_model(model, shape, input_dtype, labels)  # the contract the loader will check
     path.mkdir(parents=True, exist_ok=True)
-    for old in ('model.onnx', 'model.onnx.data', 'model.pt2'):
+    for old in ('model.onnx', 'model.onnx.data', 'model.pt2', *GRAPH_FILES.values()):
         (path / old).unlink(missing_ok=True)
     save_weights(model, path / 'model.safetensors')
     device = next(model.parameters()).device
@@ -279,6 +290,9 @@ def save_model_dir(
         export_program(model, example, path / 'model.pt2')
     if 'onnx' in formats:
         export_onnx(model.cpu(), example.cpu(), path / 'model.onnx')
+        model.to(device)
+    for f in sorted(set(formats) & set(GRAPH_WRITERS)):
+        GRAPH_WRITERS[f](model.cpu(), example[:1].cpu(), path / GRAPH_FILES[f])
         model.to(device)
     files = sorted(p.name for p in path.iterdir() if p.is_file() and p.name != 'config.json')
     config = dict(

@@ -23,13 +23,14 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.exceptions import HTTPException
 
+from ..core import require
 from .export import load_model_dir
 
 # %% auto #0
-__all__ = ['RequestError', 'parse_batch', 'ServeLimits', 'parse_json_body', 'TokenBucket',
-           'RequestGuard', 'guarded_protocol', 'PredictRequest', 'create_app',
-           'read_token', 'serve_model_dir', 'free_port', 'ServerProcess', 'start_server',
-           'load_test']
+__all__ = ['BACKENDS', 'RequestError', 'parse_batch', 'ServeLimits', 'parse_json_body',
+           'TokenBucket', 'RequestGuard', 'guarded_protocol', 'PredictRequest',
+           'model_forward', 'create_app', 'read_token', 'serve_model_dir', 'free_port',
+           'ServerProcess', 'start_server', 'load_test']
 
 # %% ../../nbs/75_lifecycle.serve.ipynb #a3b5ebad
 class RequestError(ValueError):
@@ -482,6 +483,42 @@ def _first_depth(x: Any) -> int:
     return depth
 
 
+BACKENDS = ('torch', 'onnxruntime')
+
+
+def model_forward(
+    model: torch.nn.Module, model_dir: str | Path, backend: str = 'torch', threads: int = 1
+):
+    """The served model as a function from an input batch (NumPy) to class probabilities (NumPy):
+    eager PyTorch, or ONNX Runtime on the directory's verified model.onnx."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}.")
+    if backend == 'torch':
+        dev = next(model.parameters()).device
+
+        def forward(arr: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return model(torch.from_numpy(arr).to(dev)).float().softmax(-1).cpu().numpy()
+
+        return forward
+    ort = require('onnxruntime', 'export')
+    path = Path(model_dir) / 'model.onnx'
+    if not path.is_file():
+        raise ValueError(
+            f"{model_dir} has no model.onnx; export the directory with the onnx format "
+            "(bigmodel-book export --formats onnx) to serve it with --backend onnxruntime."
+        )
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = max(1, threads), 1
+    sess = ort.InferenceSession(str(path), opts, providers=['CPUExecutionProvider'])
+    name = sess.get_inputs()[0].name
+
+    def forward(arr: np.ndarray) -> np.ndarray:
+        return torch.from_numpy(sess.run(None, {name: arr})[0]).float().softmax(-1).numpy()
+
+    return forward
+
+
 def create_app(
     model_dir: str | Path,
     max_batch: int = 64,
@@ -490,11 +527,23 @@ def create_app(
     limits: ServeLimits | None = None,
     token: str | None = None,
     docs: bool = False,
+    backend: str = 'torch',
+    threads: int = 1,
+    batching=None,
 ):
     """A FastAPI app serving the model directory `model_dir` at /health, /metadata and /predict,
-    behind `RequestGuard` (`limits`, optional bearer `token`); `docs` turns on /docs."""
+    behind `RequestGuard` (`limits`, optional bearer `token`); `docs` turns on /docs; `backend`
+    'torch' or 'onnxruntime'; `batching` (a `BatchPolicy` of 8.9) stacks concurrent requests."""
     limits = (limits or ServeLimits(max_batch=max_batch, max_body=max_body)).check()
     model, config = load_model_dir(model_dir, device=device)
+    if backend == 'onnxruntime' and next(model.parameters()).device.type != 'cpu':
+        raise ValueError("the onnxruntime backend runs on the CPU; pass --device cpu.")
+    forward = model_forward(model, model_dir, backend, threads)
+    batcher = None
+    if batching is not None:
+        from .batching import DynamicBatcher  # 8.9; imported only when asked for
+
+        batcher = DynamicBatcher(forward, batching)
     dev, shape, labels = (
         next(model.parameters()).device,
         config['input_shape'],
@@ -508,6 +557,8 @@ def create_app(
         'max_body_bytes': limits.max_body,
         'device': str(dev),
         'token_required': token is not None,
+        'backend': backend,
+        'batching': asdict(batching) if batching is not None else None,
     }
     urls = dict(docs_url='/docs', openapi_url='/openapi.json') if docs else {}
     app = FastAPI(
@@ -516,10 +567,13 @@ def create_app(
         **(urls or dict(docs_url=None, redoc_url=None, openapi_url=None)),
     )
     app.state.model, app.state.config, app.state.limits = model, config, limits
+    app.state.batcher = batcher
 
     @app.exception_handler(RequestError)
     async def _refused(request, e: RequestError):
-        return _json_error(e.status, e.error, e.detail)
+        response = _json_error(e.status, e.error, e.detail)
+        response.headers.update(getattr(e, 'headers', None) or {})
+        return response
 
     @app.exception_handler(HTTPException)
     async def _http(request, e: HTTPException):
@@ -541,9 +595,7 @@ def create_app(
     def metadata() -> dict:
         return meta
 
-    def run(arr: np.ndarray) -> dict:
-        with torch.inference_mode():
-            probs = model(torch.from_numpy(arr).to(dev)).float().softmax(-1).cpu()
+    def answer(probs: np.ndarray) -> dict:
         cls = probs.argmax(-1).tolist()
         return {
             'predictions': cls,
@@ -581,7 +633,9 @@ def create_app(
                 f"a batch of inputs of shape {list(shape)} nests {len(shape) + 1}.",
             )
         arr = parse_batch(req.inputs, shape, limits.max_batch, dtype)
-        return await asyncio.to_thread(run, arr)
+        if batcher is None:  # one forward pass per request, in a worker thread
+            return answer(await asyncio.to_thread(forward, arr))
+        return answer(await batcher.submit(arr))
 
     app.add_middleware(RequestGuard, limits=limits, token=token)
     return app
@@ -620,9 +674,12 @@ def serve_model_dir(
     limits: ServeLimits | None = None,
     token: str | None = None,
     docs: bool = False,
+    backend: str = 'torch',
+    batching=None,
 ) -> None:
     """Serve the model directory `model_dir` on `http://host:port` with uvicorn until interrupted
-    (`threads`: torch intra-op threads for inference; `limits` override `max_batch`/`max_body`)."""
+    (`threads`: torch or ONNX Runtime intra-op threads; `limits` override `max_batch`/`max_body`;
+    `backend` and `batching` as in `create_app`)."""
     import uvicorn
 
     if not 1 <= port <= 65535:
@@ -631,7 +688,16 @@ def serve_model_dir(
         raise ValueError("max_batch and max_body must be positive.")
     limits = (limits or ServeLimits(max_batch=max_batch, max_body=max_body)).check()
     torch.set_num_threads(max(1, threads))
-    app = create_app(model_dir, device=device, limits=limits, token=token, docs=docs)
+    app = create_app(
+        model_dir,
+        device=device,
+        limits=limits,
+        token=token,
+        docs=docs,
+        backend=backend,
+        threads=threads,
+        batching=batching,
+    )
     if token is None and not _is_loopback(host):
         print(
             f"warning: serving on {host} without a token: anyone who can reach this address can "
