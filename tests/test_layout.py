@@ -176,3 +176,16 @@ def test_wheel_alone_trains_every_task(fresh_env):
         r = subprocess.run(cmd, cwd=empty, capture_output=True, text=True, env=env, timeout=600)
         assert r.returncode == 0, f'{task}: {r.stderr[-2000:]}'
         assert (out / 'model.safetensors').exists(), f'{task} left no weights in {out}'
+    for task in ('digits', 'vision'):  # a run leaves what export needs: no --builder
+        out = empty / 'exported' / task
+        cmd = [
+            exe,
+            'export',
+            '--checkpoint',
+            str(empty / 'runs' / task),
+            '--formats',
+            '--out',
+            str(out),
+        ]
+        r = subprocess.run(cmd, cwd=empty, capture_output=True, text=True, env=env, timeout=600)
+        assert r.returncode == 0 and (out / 'config.json').exists(), f'{task}: {r.stderr[-2000:]}'
