@@ -76,7 +76,6 @@ NOT_RESULTS: dict[str, list[tuple[str, str]]] = {
     ],
     '60_recsys.data.ipynb': [('0.29', 'NDCG discount at rank 10, 1/log2(11), worked by hand')],
     '13_vision.detect.ipynb': [('0.25', 'AP of a hand-worked two-object example')],
-    '70_lifecycle.tune.ipynb': [('0.28', 'one test image in points, 1/360, worked by hand')],
 }
 
 RESULT_WORDS = re.compile(
