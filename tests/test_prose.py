@@ -60,11 +60,6 @@ ALLOWED: dict[str, list[tuple[str, str]]] = {
         # "transfer did not beat scratch (0.83 against 0.85)": an earlier, unshown run
         ('0.85', 'issue 22: to fix in the re-run of chapter 8.2 (no test-set forking paths)'),
     ],
-    '72_lifecycle.distill.ipynb': [
-        # "the distilled student lost (0.892 against 0.905)": an earlier, unshown run
-        ('0.892', 'issue 22: to fix in the re-run of chapter 8.3 (no test-set forking paths)'),
-        ('0.905', 'issue 22: to fix in the re-run of chapter 8.3 (no test-set forking paths)'),
-    ],
 }
 
 # Numbers the rule takes for results but that are worked examples of a formula, not measurements.
