@@ -88,8 +88,10 @@ class DistillationLearner(Learner):
             with torch.no_grad():
                 if cached is not None:
                     teacher_logits = cached
+                elif self.alpha > 0:
+                    teacher_logits = self.teacher(*self.xb)
                 else:
-                    teacher_logits = self.teacher(*self.xb) if self.alpha > 0 else self.pred.detach()
+                    teacher_logits = self.pred.detach()
             self.loss = distillation_loss(self.pred, teacher_logits, self.yb, self.T, self.alpha)
         self('after_loss')
         self.backward_step(self.loss)
