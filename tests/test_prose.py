@@ -56,10 +56,6 @@ ALLOWED: dict[str, list[tuple[str, str]]] = {
         ('54%', 'issue 22: to fix in the re-run of chapter 5.2 (choose on validation voices)'),
         ('62%', 'issue 22: to fix in the re-run of chapter 5.2 (same earlier run, not shown)'),
     ],
-    '71_lifecycle.finetune.ipynb': [
-        # "transfer did not beat scratch (0.83 against 0.85)": an earlier, unshown run
-        ('0.85', 'issue 22: to fix in the re-run of chapter 8.2 (no test-set forking paths)'),
-    ],
 }
 
 # Numbers the rule takes for results but that are worked examples of a formula, not measurements.
