@@ -10,6 +10,7 @@ from bigmodel_book.core import forwarder
 
 _MOVED = {
     'DistillationLearner': 'lifecycle.distill:DistillationLearner',
+    'TeacherLogits': 'lifecycle.distill:TeacherLogits',
     'count_params': 'lifecycle.distill:count_params',
     'distillation_loss': 'lifecycle.distill:distillation_loss',
     'latency_ms': 'lifecycle.distill:latency_ms',

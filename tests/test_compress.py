@@ -16,6 +16,7 @@ from bigmodel_book.lifecycle.compress import (
 )
 from bigmodel_book.lifecycle.distill import (
     DistillationLearner,
+    TeacherLogits,
     count_params,
     distillation_loss,
     latency_ms,
@@ -110,6 +111,33 @@ def test_distillation_learner_alpha_zero_is_plain_training_without_teacher():
     torch.manual_seed(2)
     Learner(s2, data(), nn.CrossEntropyLoss(), quiet=True).fit(1, lr=1e-2)
     assert not calls and torch.allclose(s1[1].weight, s2[1].weight, atol=1e-6)
+
+
+def test_cached_teacher_logits_train_the_same_student():
+    teacher, dls = cnn(), data()
+    cached = DataLoaders.from_datasets(
+        TeacherLogits(dls.train.dataset, teacher), dls.valid.dataset, bs=16, device='cpu'
+    )
+    x, y, logits = cached.train.dataset[5]
+    with torch.no_grad():
+        assert torch.allclose(logits, teacher(x[None])[0], atol=1e-6)
+    weights = []
+    for loaders, flag in ((dls, False), (cached, True)):
+        torch.manual_seed(3)
+        student = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+        torch.manual_seed(4)
+        DistillationLearner(
+            student, teacher, loaders, T=3, alpha=0.7, cached_logits=flag, quiet=True
+        ).fit(2, lr=1e-2)
+        weights.append(student[1].weight.detach())
+    assert torch.allclose(*weights, atol=1e-5)
+
+
+def test_teacher_logits_refuses_random_augmentation():
+    x, y = torch.rand(8, 1, 8, 8), torch.zeros(8, dtype=torch.long)
+    noisy = ArrayDataset(x, y, transform=lambda img: img + torch.rand_like(img))
+    with pytest.raises(ValueError, match='augmentation'):
+        TeacherLogits(noisy, cnn())
 
 
 def test_count_size_latency():

@@ -58,15 +58,6 @@ ALLOWED: dict[str, list[tuple[str, str]]] = {
         # (issue 22) reaches 2.613 bpc on all three test plays after one pass over 2.5M characters
         ('3.10', 'issue 22: to fix in the re-run of chapter 6.5 (quote 3.3 from its results)'),
     ],
-    '71_lifecycle.finetune.ipynb': [
-        # "transfer did not beat scratch (0.83 against 0.85)": an earlier, unshown run
-        ('0.85', 'issue 22: to fix in the re-run of chapter 8.2 (no test-set forking paths)'),
-    ],
-    '72_lifecycle.distill.ipynb': [
-        # "the distilled student lost (0.892 against 0.905)": an earlier, unshown run
-        ('0.892', 'issue 22: to fix in the re-run of chapter 8.3 (no test-set forking paths)'),
-        ('0.905', 'issue 22: to fix in the re-run of chapter 8.3 (no test-set forking paths)'),
-    ],
 }
 
 # Numbers the rule takes for results but that are worked examples of a formula, not measurements.
@@ -78,7 +69,6 @@ NOT_RESULTS: dict[str, list[tuple[str, str]]] = {
     ],
     '60_recsys.data.ipynb': [('0.29', 'NDCG discount at rank 10, 1/log2(11), worked by hand')],
     '13_vision.detect.ipynb': [('0.25', 'AP of a hand-worked two-object example')],
-    '70_lifecycle.tune.ipynb': [('0.28', 'one test image in points, 1/360, worked by hand')],
 }
 
 RESULT_WORDS = re.compile(

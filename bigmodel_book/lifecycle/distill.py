@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from ..train.learner import Learner, unwrap
 
 # %% auto #0
-__all__ = ['distillation_loss', 'DistillationLearner', 'count_params', 'size_bytes', 'latency_ms']
+__all__ = ['distillation_loss', 'DistillationLearner', 'TeacherLogits', 'count_params',
+           'size_bytes', 'latency_ms']
 
 # %% ../../nbs/72_lifecycle.distill.ipynb #c2d6c0b8
 def distillation_loss(
@@ -65,28 +66,58 @@ class DistillationLearner(Learner):
         loss_fn: Callable = nn.CrossEntropyLoss(),
         T: float = 4.0,
         alpha: float = 0.9,
+        cached_logits: bool = False,
         **kwargs,
     ):
         if not T > 0 or not 0 <= alpha <= 1:
             raise ValueError(f"Need T > 0 and 0 <= alpha <= 1, got T={T}, alpha={alpha}.")
         super().__init__(model, dls, loss_fn, **kwargs)
-        self.T, self.alpha = T, alpha
+        self.T, self.alpha, self.cached_logits = T, alpha, cached_logits
         self.teacher = teacher.to(self.device).eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
 
     def train_step(self, batch):
-        """Teacher logits without gradients (skipped when `alpha` is 0), student logits,
-        distillation loss, backward and step."""
-        self.xb, self.yb = self.split_batch(batch)
+        """Teacher logits without gradients (from the batch with `cached_logits`, skipped when
+        `alpha` is 0), student logits, distillation loss, backward and step."""
+        cached = batch[-1] if self.cached_logits else None
+        self.xb, self.yb = self.split_batch(batch[:-1] if self.cached_logits else batch)
         self.teacher.eval()
         with self.autocast():
             self.pred = self.model(*self.xb)
             with torch.no_grad():
-                teacher_logits = self.teacher(*self.xb) if self.alpha > 0 else self.pred.detach()
+                if cached is not None:
+                    teacher_logits = cached
+                elif self.alpha > 0:
+                    teacher_logits = self.teacher(*self.xb)
+                else:
+                    teacher_logits = self.pred.detach()
             self.loss = distillation_loss(self.pred, teacher_logits, self.yb, self.T, self.alpha)
         self('after_loss')
         self.backward_step(self.loss)
+
+class TeacherLogits(torch.utils.data.Dataset):
+    """The items `(x, y)` of `ds` with the teacher's logits for `x` appended, `(x, y, logits)`,
+    computed once; for a `DistillationLearner` with `cached_logits=True`."""
+
+    def __init__(self, ds, teacher: nn.Module, bs: int = 256):
+        first = ds[0][0]
+        if not torch.equal(first, ds[0][0]):
+            raise ValueError(
+                "The dataset returns a different input for the same index (random augmentation?): "
+                "cached teacher logits would not match the inputs; distil without the cache."
+            )
+        self.ds, device = ds, next(teacher.parameters()).device
+        loader = torch.utils.data.DataLoader(ds, batch_size=bs, shuffle=False)
+        teacher.eval()
+        with torch.no_grad():
+            self.logits = torch.cat([teacher(b[0].to(device)).float().cpu() for b in loader])
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        return (*self.ds[i][:2], self.logits[i])
 
 # %% ../../nbs/72_lifecycle.distill.ipynb #eb36637e
 def count_params(model: nn.Module, nonzero: bool = False) -> int:
