@@ -2,7 +2,7 @@
 holds every subpackage (built, installed into a fresh virtual environment, every module
 imported)."""
 
-import ast, os, subprocess, sys, sysconfig, venv
+import ast, json, os, re, subprocess, sys, sysconfig, venv
 from pathlib import Path
 
 import pytest
@@ -126,12 +126,12 @@ def fresh_env(tmp_path_factory):
     empty = tmp / 'empty'
     empty.mkdir()
     env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
-    return env_dir, empty, env
+    return env_dir, empty, env, wheel
 
 
 @pytest.mark.slow
 def test_wheel_installs_and_imports_every_module(fresh_env):
-    env_dir, empty, env = fresh_env
+    env_dir, empty, env, _ = fresh_env
     py = env_dir / 'bin' / 'python'
     names = sorted(n for n in modules())
     code = (
@@ -167,7 +167,7 @@ SMALLEST = {
 def test_wheel_alone_trains_every_task(fresh_env):
     from bigmodel_book.cli.core import TRAIN_TASKS
 
-    env_dir, empty, env = fresh_env
+    env_dir, empty, env, _ = fresh_env
     assert set(SMALLEST) == set(TRAIN_TASKS), 'give every train task its smallest setting here'
     exe = env_dir / 'bin' / 'bigmodel-book'
     for task, args in SMALLEST.items():
@@ -189,3 +189,38 @@ def test_wheel_alone_trains_every_task(fresh_env):
         ]
         r = subprocess.run(cmd, cwd=empty, capture_output=True, text=True, env=env, timeout=600)
         assert r.returncode == 0 and (out / 'config.json').exists(), f'{task}: {r.stderr[-2000:]}'
+
+
+REPO = 'git+https://github.com/bigmodel-book/bigmodel-book'
+
+
+def colab_installs() -> list[list[str]]:
+    "The pip arguments of the Colab cell, the same in every notebook that has one."
+    cells = set()
+    for nb in sorted((ROOT / 'nbs').glob('*.ipynb')):
+        text = nb.read_text(encoding='utf-8')
+        cells |= set(re.findall(r"_run\(_pip \+ (\[.*?\]), check=True\)", text))
+    return [ast.literal_eval(c.replace('\\"', '"')) for c in cells]
+
+
+@pytest.mark.slow
+def test_colab_cell_keeps_torch_and_skips_dev_tools(fresh_env):
+    "The Colab cell, run as a dry run where torch is already installed (as on Colab)."
+    env_dir, empty, env, wheel = fresh_env
+    installs = colab_installs()
+    assert len(installs) == 2, f'expected one package line and one carrier line, got {installs}'
+    for args in installs:
+        args = [a.replace(REPO, wheel.as_uri()) for a in args]
+        cmd = [env_dir / 'bin' / 'python', '-m', 'pip', 'install', '--dry-run', '-q']
+        r = subprocess.run(
+            [*cmd, '--report', '-', *args],
+            cwd=empty,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+        assert r.returncode == 0, r.stderr[-2000:]
+        names = {i['metadata']['name'].lower() for i in json.loads(r.stdout)['install']}
+        assert not names & {'torch', 'torchvision', 'torchaudio'}, f'replaces torch: {names}'
+        assert not names & {'nbdev', 'jupyterlab', 'playwright', 'hypothesis'}, names

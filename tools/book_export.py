@@ -29,15 +29,9 @@ PACKAGES = {
     'sequence': 'Recurrent networks: cells, forecasting, character language models, seq2seq.',
     'gan': 'Generative adversarial networks: the game, DCGAN and its variants.',
     'speech': 'Speech: offline data, keyword spotting, CTC recognition.',
-    'text': (
-        'Text and Transformers: tokenisation, attention, classifiers, mining, a GPT, scaling, '
-        'instruction tuning and LoRA.'
-    ),
+    'text': 'Text and Transformers: BPE, attention, classifiers, mining, a GPT, scaling, LoRA.',
     'recsys': 'Recommendation: data and metrics, models, side information.',
-    'lifecycle': (
-        'The model lifecycle: tuning, fine-tuning, distillation, compression, export, '
-        'serving, edge runtimes, dynamic batching.'
-    ),
+    'lifecycle': 'The model lifecycle: tuning, distillation, compression, export, serving, edge.',
     'scale': 'Scaling up: memory accounting, activation checkpointing, mixture of experts, FSDP.',
     'trust': 'Trust and privacy: DP-SGD, membership inference, federated learning, attacks.',
     'apps': 'Applications: financial risk, energy demand, anomaly detection.',
