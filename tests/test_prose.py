@@ -53,11 +53,6 @@ PARTS = {
 # Known prose numbers that no output of their notebook shows: the to-do list of issue 22. Each
 # must still be found unmatched by this test: when a re-run fixes one, delete it here.
 ALLOWED: dict[str, list[tuple[str, str]]] = {
-    '54_text.gpt.ipynb': [
-        # "chapter 3 reached 3.10 bits with a bigger LSTM on less text": 3.3's old run; its re-run
-        # (issue 22) reaches 2.613 bpc on all three test plays after one pass over 2.5M characters
-        ('3.10', 'issue 22: to fix in the re-run of chapter 6.5 (quote 3.3 from its results)'),
-    ],
 }
 
 # Numbers the rule takes for results but that are worked examples of a formula, not measurements.

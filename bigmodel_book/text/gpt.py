@@ -20,12 +20,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from ..core import get_device
 from ..data.core import ArrayDataset, DataLoaders
-from bigmodel_book.data.external import (
-    SHAKESPEARE_TEST,
-    SHAKESPEARE_VALID,
-    load_shakespeare,
-    shakespeare_split,
-)
+from ..data.external import shakespeare_split
 from ..train.learner import Learner, evaluating
 from ..train.callbacks import GradientClip
 from ..train.checkpoint import TrainConfig, finish_run, load_weights, read_run_config, start_run
