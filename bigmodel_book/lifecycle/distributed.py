@@ -154,7 +154,12 @@ class DistributedTraining(Callback):
             learn.dls,
             shard_dataloaders(learn.dls, self.rank, self.world, self.seed),
         )
-        if self.world > 1 and not isinstance(learn.model, DistributedDataParallel):
+        if self.world > 1:
+            self.wrap_model(learn)
+
+    def wrap_model(self, learn: Learner):
+        "Wrap the model for data parallelism (once): DDP here, FSDP in a subclass."
+        if not isinstance(learn.model, DistributedDataParallel):
             ids = [learn.device.index] if learn.device.type == 'cuda' else None
             learn.model = DistributedDataParallel(
                 learn.model, device_ids=ids, find_unused_parameters=self.find_unused

@@ -35,7 +35,6 @@ from bigmodel_book.lifecycle.distributed import (
     DistributedTraining,
     StopAfter,
     init_distributed,
-    shard_dataloaders,
     world_info,
 )
 from ..sequence.charlm import CharTokenizer, lm_loss, lm_windows
@@ -92,14 +91,9 @@ class FSDPTraining(DistributedTraining):
         super().__init__(seed)
         self.reshard = reshard_after_forward
 
-    def before_fit(self):
-        learn = self.learn
-        self.rank, self.world = world_info()
-        self.orig_dls, learn.dls = (
-            learn.dls,
-            shard_dataloaders(learn.dls, self.rank, self.world, self.seed),
-        )
-        if self.world > 1 and not isinstance(learn.model, FSDPModule):
+    def wrap_model(self, learn: Learner):
+        "Shard the GPT with FSDP2 (once) and rebuild the optimiser on the shards."
+        if not isinstance(learn.model, FSDPModule):
             shard_gpt(learn.model, self.reshard)
             learn.create_opt()  # fully_shard replaced the parameters: a new optimiser on them
 
