@@ -124,7 +124,6 @@
     });
   }
 
-  window.bookSearch = search;
   document.addEventListener('DOMContentLoaded', () => {
     wireTheme(); wireMenu(); addCopyButtons(); wireSearch();
   });
