@@ -217,3 +217,51 @@ def test_fsdp_nccl(tmp_path):
     launch_fsdp(FSDPConfig(**{**TINY, 'device': 'cuda', 'bs': 8 * n}, out=tmp_path), nproc=n)
     m = json.loads((tmp_path / 'metrics.json').read_text())
     assert m['backend'] == ('nccl' if n > 1 else 'none') and len(m['losses']) > 0
+
+
+SCALE_CLI = ['--train-size', '3000', '--d-model', '16', '--block-size', '16', '--bs', '8',
+             '--epochs', '2', '--experts', '2', '--checkpointing', '--device', 'cpu', '--quiet']
+
+
+def test_cli_trains_moe_with_checkpointing_and_resumes(tmp_path, capsys):
+    from bigmodel_book.cli.commands import train_scale_main
+
+    whole = train_scale_main([*SCALE_CLI, '--out', str(tmp_path / 'whole')])
+    half = train_scale_main([*SCALE_CLI, '--out', str(tmp_path / 'half'), '--stop-after', '1'])
+    assert whole['epochs_run'] == 2 and half['epochs_run'] == 1 and not half['resumed_from']
+    resumed = train_scale_main([*SCALE_CLI, '--out', str(tmp_path / 'half')])
+    assert resumed['resumed_from'].endswith('epoch_0') and resumed['epochs_run'] == 2
+    assert resumed['final']['train_loss'] == pytest.approx(whole['final']['train_loss'], abs=1e-6)
+    with pytest.raises(SystemExit):
+        train_scale_main([*SCALE_CLI, '--top-k', '3', '--out', str(tmp_path / 'bad')])
+    assert '--top-k must be between 1 and --experts' in capsys.readouterr().err
+
+
+def test_cli_under_torchrun_shards_the_moe_model(tmp_path):
+    from bigmodel_book.lifecycle.distributed import launch
+
+    r = launch([*SCALE_CLI, '--epochs', '1', '--out', str(tmp_path / 'run')], nproc=2,
+               timeout=300, task='scale')
+    m = json.loads((tmp_path / 'run' / 'metrics.json').read_text())
+    assert m['world_size'] == 2 and m['mode'] == 'fsdp' and r.stdout.count('"world_size"') == 1
+    one, two = (sum(b.values()) for b in m['per_rank_bytes'])
+    assert abs(one - two) / one < 0.05  # each rank holds about half: equal shares
+
+
+@pytest.mark.gpu
+def test_bf16_checkpointing_saves_cuda_memory_and_keeps_the_loss():
+    torch.manual_seed(0)
+    model = GPT(80, 256, 256, 4, 4, dropout=0.0).cuda()
+    x = torch.randint(0, 80, (8, 256), device='cuda')
+
+    def step(on: bool) -> tuple[float, int]:
+        set_checkpointing(model, on)
+        model.zero_grad(set_to_none=True)
+        torch.cuda.reset_peak_memory_stats()
+        with torch.autocast('cuda', dtype=torch.bfloat16):
+            loss = lm_loss(model(x), x.roll(-1, 1))
+        loss.backward()
+        return loss.item(), torch.cuda.max_memory_allocated()
+
+    (plain, plain_mem), (ckpt, ckpt_mem) = step(False), step(True)
+    assert abs(plain - ckpt) < 1e-2 and ckpt_mem < 0.8 * plain_mem, (plain_mem, ckpt_mem)

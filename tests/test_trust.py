@@ -270,3 +270,81 @@ def test_encrypted_logits_match_plaintext():
     assert info['ciphertext_bytes'] > 100 * info['plaintext_bytes']
     with pytest.raises(ValueError, match='match the weights'):
         encrypted_logits(ctx, x[:, :4], w, 0.5)
+
+
+def _library_loaders() -> set[str]:
+    "Every function of the library that reads a data set: `load_*` ones plus the named others."
+    import importlib, inspect, pkgutil
+
+    import bigmodel_book
+
+    found = set()
+    for info in pkgutil.walk_packages(bigmodel_book.__path__, 'bigmodel_book.'):
+        if info.name.count('.') < 2:
+            continue  # the first edition's import paths repeat the subpackages' functions
+        mod = importlib.import_module(info.name)
+        for name, fn in inspect.getmembers(mod, inspect.isfunction):
+            reads = name.startswith('load_') and 'data' in inspect.getsource(fn).lower()
+            if fn.__module__ == mod.__name__ and reads:
+                found.add(f"{info.name.removeprefix('bigmodel_book.')}.{name}")
+    not_data = {'train.checkpoint.load_weights', 'train.checkpoint.load_checkpoint',
+                'lifecycle.export.load_model_dir', 'lifecycle.serve.load_test',
+                'text.gpt.load_gpt', 'gan.dcgan.load_gan', 'speech.data.load_audio'}
+    return found - not_data
+
+
+def test_every_data_loader_has_a_licence_row():
+    import importlib
+
+    from bigmodel_book.trust.attacks import DATA_SOURCES, licence_table
+
+    listed = {name for d in DATA_SOURCES for name in d['loaders']}
+    missing = _library_loaders() - listed
+    assert not missing, f'add these loaders to DATA_SOURCES with their licence: {sorted(missing)}'
+    for name in listed:  # every listed loader exists
+        module, fn = name.rsplit('.', 1)
+        assert hasattr(importlib.import_module(f'bigmodel_book.{module}'), fn), name
+    table = licence_table()
+    assert len(table) == len(DATA_SOURCES) and table.licence.str.len().min() > 5
+    assert (table.package_licence != 'not installed').all(), table[['package', 'package_licence']]
+
+
+def test_exported_model_card_holds_every_run_metric(tmp_path):
+    from bigmodel_book.cli.commands import export_main
+    from bigmodel_book.train.checkpoint import DigitsConfig, train_digits
+
+    run = tmp_path / 'run'
+    _, metrics = train_digits(DigitsConfig(epochs=1, out=run, quiet=True))
+    out = export_main(['--checkpoint', str(run), '--builder', 'bigmodel_book.train.learner:mlp',
+                       '--input-shape', '64', '--formats', '--out', str(tmp_path / 'model')])
+    card = (out / 'MODEL_CARD.md').read_text()
+    numbers = [v for k, v in metrics.items() if isinstance(v, float)]
+    assert numbers and all(f'{v:.6g}' in card for v in numbers), card
+    assert '8x8 handwritten digits' in card and 'CC BY 4.0' in card
+    bare = export_main(['--checkpoint', str(run / 'model.safetensors'), '--builder',
+                        'bigmodel_book.train.learner:mlp', '--input-shape', '64', '--formats',
+                        '--out', str(tmp_path / 'model2')])
+    assert 'CC BY 4.0' in (bare / 'MODEL_CARD.md').read_text()
+
+
+def test_shadow_attack_features_and_model():
+    import numpy as np
+
+    from bigmodel_book.trust.privacy import attack_features, fit_attack
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 4))
+    x, y = torch.rand(50, 1, 4, 4), torch.randint(0, 4, (50,))
+    f = attack_features(net, x, y, bs=7)
+    assert f.shape == (50, 5) and (f[:, 0] <= 0).all() and (f[:, 4] >= 0).all()
+    assert (np.diff(f[:, 1:4], axis=1) <= 0).all() and np.allclose(f, attack_features(net, x, y))
+    rng = np.random.default_rng(0)
+    member, other = rng.normal(1, 0.3, (200, 5)), rng.normal(-1, 0.3, (200, 5))
+    attack = fit_attack([member[:100]], [other[:100]])
+    assert attack.predict_proba(member[100:])[:, 1].mean() > 0.9
+    with pytest.raises(ValueError, match='as many labels'):
+        attack_features(net, x, y[:3])
+    with pytest.raises(ValueError, match='>= 3 classes'):
+        attack_features(nn.Sequential(nn.Flatten(), nn.Linear(16, 2)), x, y % 2)
+    with pytest.raises(ValueError, match='shadow model'):
+        fit_attack([], [])

@@ -17,7 +17,8 @@ from .core import train_arg_parser
 __all__ = ['MODEL_CONFIG', 'save_model_config', 'train_digits_main', 'train_vision_main',
            'train_sequence_main', 'train_gan_main', 'sample_main', 'train_speech_main',
            'transcribe_main', 'train_text_main', 'generate_main', 'train_recsys_main',
-           'tune_main', 'export_main', 'serve_main', 'train_distributed_main']
+           'tune_main', 'write_model_card', 'export_main', 'serve_main',
+           'train_distributed_main', 'latest_sharded', 'train_scale_main']
 
 # %% ../../nbs/91_cli.commands.ipynb #f0481f9d
 MODEL_CONFIG = 'model.json'  # what a run folder says about its model, for `bigmodel-book export`
@@ -456,6 +457,18 @@ def _run_model_config(checkpoint: Path) -> dict:
     return saved
 
 
+def write_model_card(model_dir: Path, checkpoint: Path) -> Path:
+    "Write `MODEL_CARD.md` into `model_dir` from it and the run's metrics.json beside `checkpoint`."
+    from bigmodel_book.trust.attacks import model_dir_card
+
+    run = checkpoint if checkpoint.is_dir() else checkpoint.parent
+    found = run / 'metrics.json'
+    metrics = json.loads(found.read_text()) if found.is_file() else {}
+    path = Path(model_dir) / 'MODEL_CARD.md'
+    path.write_text(model_dir_card(model_dir, metrics), encoding='utf-8')
+    return path
+
+
 def export_main(argv: Sequence[str] | None = None) -> Path:
     "`bigmodel-book export`: write trained weights as a verified model directory."
     from bigmodel_book.lifecycle.export import BUILDERS, export_checkpoint
@@ -526,6 +539,7 @@ def export_main(argv: Sequence[str] | None = None) -> Path:
         labels=args.labels if args.labels is not None else saved.get('labels'),
         formats=args.formats,
     )
+    write_model_card(out, args.checkpoint)
     print(f"wrote {out}: {', '.join(sorted(f.name for f in out.iterdir()))}")
     return out
 
@@ -666,3 +680,45 @@ def train_distributed_main(argv: Sequence[str] | None = None) -> dict:
     _, metrics = train_distributed(config_from_args(DistributedConfig, p.parse_args(argv)))
     # only rank 0 prints (the process group is gone by now, so ask torchrun's environment)
     return report(metrics) if os.environ.get('RANK', '0') == '0' else metrics
+
+# %% ../../nbs/91_cli.commands.ipynb #d1534829
+def latest_sharded(out: Path) -> str:
+    "The newest `epoch_N` folder of a sharded checkpoint under `out/sharded`, or ''."
+    done = [p for p in (Path(out) / 'sharded').glob('epoch_*') if (p / 'progress.json').exists()]
+    return str(max(done, key=lambda p: int(p.name.split('_')[1]))) if done else ''
+
+
+def train_scale_main(argv: Sequence[str] | None = None) -> dict:
+    """`bigmodel-book train scale`: the character GPT of part 9, sharded with FSDP2 or replicated
+    with DDP under torchrun (one process without it), optionally with experts and checkpointing."""
+    from bigmodel_book.scale.fsdp import FSDPConfig, train_fsdp
+
+    p = train_arg_parser(
+        'scale',
+        'The Shakespeare GPT of part 9 under torchrun --nproc-per-node N (or one process): '
+        'FSDP2 or DDP, a mixture of experts, activation checkpointing; resumes from --out.',
+        epochs=3, lr=3e-3, bs=16,
+    )
+    p.add_argument('--mode', choices=['fsdp', 'ddp'], default='fsdp', help='how ranks share it')
+    p.add_argument('--checkpointing', action='store_true', help='recompute activations in backward')
+    add_options(p, [
+        ('--experts', int, 0, 'experts per block (0: a dense feed-forward layer)'),
+        ('--top-k', int, 1, 'experts each token is routed to'),
+        ('--balance', float, 0.01, 'weight of the load-balancing loss'),
+        ('--d-model', int, 64, 'width of the Transformer'),
+        ('--n-layers', int, 2, 'Transformer blocks'),
+        ('--block-size', int, 32, 'characters of context'),
+        ('--train-size', int, 200_000, 'training characters'),
+        ('--stop-after', int, 0, 'simulate an interruption after this many epochs (0: never)'),
+    ])
+    args = p.parse_args(argv)
+    if args.top_k < 1 or (args.experts and args.top_k > args.experts):
+        p.error(f"--top-k must be between 1 and --experts ({args.experts}), got {args.top_k}.")
+    resume = '' if args.fresh else latest_sharded(args.out)
+    cfg = config_from_args(FSDPConfig, args, resume_from=resume)
+    _, metrics = train_fsdp(cfg)
+    summary = {k: metrics[k] for k in ('mode', 'world_size', 'backend', 'epochs_run')}
+    summary.update(resumed_from=resume, final=metrics['history'][-1] if metrics['history'] else {},
+                   rank0_bytes=metrics['per_rank_bytes'][0])
+    return report(summary) if os.environ.get('RANK', '0') == '0' else summary
+

@@ -44,6 +44,10 @@ TRAIN_TASKS: dict[str, tuple[str, str]] = {
         f'{_CMD}:train_distributed_main',
         'digits MLP with DistributedDataParallel; run under torchrun --nproc-per-node N',
     ),
+    'scale': (
+        f'{_CMD}:train_scale_main',
+        'Shakespeare GPT sharded with FSDP2 (or DDP) under torchrun: --experts, --checkpointing',
+    ),
 }
 TASK_ALIASES = {'cnn': 'vision', 'rnn': 'sequence', 'ddp': 'distributed'}  # first edition
 

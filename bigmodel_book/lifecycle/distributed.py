@@ -279,10 +279,10 @@ _CLI = 'import sys; from bigmodel_book.cli.core import main; sys.exit(main(sys.a
 
 
 def launch(
-    argv: Sequence[str], nproc: int = 2, timeout: float = 600
+    argv: Sequence[str], nproc: int = 2, timeout: float = 600, task: str = 'distributed'
 ) -> subprocess.CompletedProcess:
-    """Run `bigmodel-book train distributed ARGV` in `nproc` processes with torchrun on this
-    machine; raises with the output if it fails."""
+    """Run `bigmodel-book train TASK ARGV` (default: `train distributed`) in `nproc` processes
+    with torchrun on this machine; raises with the output if it fails."""
     cmd = [
         sys.executable,
         '-m',
@@ -294,7 +294,7 @@ def launch(
         '-c',
         _CLI,
         'train',
-        'distributed',
+        task,
         *argv,
     ]
     env = {**os.environ, 'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS', '1')}

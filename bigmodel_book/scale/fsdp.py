@@ -37,6 +37,8 @@ from bigmodel_book.lifecycle.distributed import (
     init_distributed,
     world_info,
 )
+from .memory import ActivationCheckpointing
+from .moe import LoadBalancing, moe_gpt
 from ..sequence.charlm import CharTokenizer, lm_loss, lm_windows
 from ..text.gpt import GPT
 from ..train.checkpoint import TrainConfig
@@ -44,8 +46,8 @@ from ..train.learner import Callback, Learner, is_main_process, unwrap
 
 # %% auto #0
 __all__ = ['shard_gpt', 'rank_state_bytes', 'FSDPTraining', 'average_step_losses', 'StateBytes',
-           'ShardedCheckpoint', 'FSDPConfig', 'training_text', 'train_fsdp',
-           'run_configs', 'launch_fsdp']
+           'ShardedCheckpoint', 'FSDPConfig', 'training_text', 'build_gpt',
+           'model_callbacks', 'train_fsdp', 'run_configs', 'launch_fsdp']
 
 # %% ../../nbs/82_scale.fsdp.ipynb #938d43cd
 def shard_gpt(model: GPT, reshard_after_forward: bool = True) -> GPT:
@@ -183,6 +185,10 @@ class FSDPConfig(TrainConfig):
     bs: int = 16  # the GLOBAL batch, split evenly over the processes
     stop_after: int = 0  # simulate an interruption after this many epochs (0: never)
     resume_from: str = ''  # an epoch_N folder of a sharded checkpoint to continue from
+    experts: int = 0  # experts per block's feed-forward layer (0: the dense GPT)
+    top_k: int = 1  # experts each token is routed to
+    balance: float = 0.01  # weight of the load-balancing loss of a mixture of experts
+    checkpointing: bool = False  # recompute each block's activations in the backward pass
 
 
 def training_text(n_chars: int) -> str:
@@ -208,6 +214,20 @@ def _gpt_data(cfg: FSDPConfig, device) -> tuple[CharTokenizer, DataLoaders]:
     return tok, DataLoaders(DataLoader(data, batch_size=cfg.bs), None, None, device)
 
 
+def build_gpt(cfg: FSDPConfig, vocab_size: int) -> nn.Module:
+    "The dense GPT of `cfg`, or with `cfg.experts` experts in every block (`moe_gpt`)."
+    shape = (vocab_size, cfg.block_size, cfg.d_model, cfg.n_heads, cfg.n_layers)
+    if cfg.experts:
+        return moe_gpt(*shape, n_experts=cfg.experts, k=cfg.top_k, dropout=0.0)
+    return GPT(*shape, 0.0)
+
+
+def model_callbacks(cfg: FSDPConfig) -> list[Callback]:
+    "Load balancing for a mixture of experts, and activation checkpointing, as `cfg` asks."
+    cbs = [LoadBalancing(cfg.balance)] if cfg.experts else []
+    return cbs + ([ActivationCheckpointing()] if cfg.checkpointing else [])
+
+
 def _full_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     "The whole state dict on rank 0 (gathered from the shards; every rank must call it)."
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -224,9 +244,9 @@ def train_fsdp(cfg: FSDPConfig) -> tuple[Learner, dict]:
     try:
         set_seed(cfg.seed)
         tok, dls = _gpt_data(cfg, device)
-        model = GPT(tok.vocab_size, cfg.block_size, cfg.d_model, cfg.n_heads, cfg.n_layers, 0.0)
+        model = build_gpt(cfg, tok.vocab_size)
         train_cb = FSDPTraining(cfg.seed) if cfg.mode == 'fsdp' else DistributedTraining(cfg.seed)
-        cbs = [train_cb, StateBytes()]
+        cbs = [train_cb, StateBytes(), *model_callbacks(cfg)]
         if cfg.out is not None:
             cbs.append(ShardedCheckpoint(Path(cfg.out) / 'sharded', cfg.resume_from or None))
         if cfg.stop_after:

