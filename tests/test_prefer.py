@@ -171,7 +171,7 @@ TINY = ['--train-size', '300', '--vocab-size', '260', '--d-model', '16', '--n-la
 @pytest.mark.slow
 @pytest.mark.parametrize('task, extra', [
     ('lora', ['--rank', '2']),
-    ('dpo', ['--n-per-star', '6', '--samples', '4', '--epochs', '1']),
+    ('dpo', ['--n-per-star', '2', '--samples', '2', '--min-gap', '0', '--epochs', '1']),
 ])
 def test_cli_post_training_writes_a_model_generate_answers_with(tmp_path, capsys, task, extra):
     out = tmp_path / task

@@ -343,6 +343,7 @@ def train_text_main(argv: Sequence[str] | None = None) -> dict:
         ('--beta', float, 0.1, 'dpo: strength of the pull to the SFT model'),
         ('--samples', int, 4, 'dpo: responses sampled per training prompt'),
         ('--n-per-star', int, 160, 'dpo: training prompts per star rating'),
+        ('--min-gap', float, 0.1, 'dpo: least judge-score gap of a kept pair'),
     ])
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument('--task')
