@@ -280,23 +280,34 @@ def transcribe_main(argv: Sequence[str] | None = None) -> str:
     return r['text']
 
 # %% ../../nbs/91_cli.commands.ipynb #60f198d5
+# post-training a GPT pretrained on reviews (6.7, 6.8): each stage's budget; the base is 6.7's
+_POST_TRAINING = {
+    'sft': dict(epochs=1, lr=3e-3, bs=16),
+    'lora': dict(epochs=1, lr=1e-2, bs=16),
+    'dpo': dict(epochs=2, lr=5e-4, bs=16),
+}
+_BASE_67 = dict(d_model=64, n_layers=3, block_size=96, windows=1280)
+
+
 def train_text_main(argv: Sequence[str] | None = None) -> dict:
-    "`bigmodel-book train text --task reviews|gpt`: a review classifier or a GPT on Shakespeare."
+    """`bigmodel-book train text --task reviews|gpt|sft|lora|dpo`: a review classifier, a GPT on
+    Shakespeare, or post-training of a GPT pretrained on reviews (SFT, LoRA SFT, DPO)."""
     from bigmodel_book.text.classify import ReviewsConfig, train_reviews
     from bigmodel_book.text.gpt import GPTTrainConfig, train_gpt
 
     p = train_arg_parser(
         'text',
-        'Train a review classifier (--task reviews) or a GPT on Shakespeare (--task gpt).',
+        'Train a review classifier (--task reviews), a GPT on Shakespeare (--task gpt), or '
+        'post-train a GPT pretrained on reviews: SFT, LoRA SFT or DPO (--task sft|lora|dpo).',
         epochs=3,
         lr=2e-3,
         bs=32,
     )
     p.add_argument(
         '--task',
-        choices=['reviews', 'gpt'],
+        choices=['reviews', 'gpt', *_POST_TRAINING],
         default='gpt',
-        help='review classification or a GPT on Shakespeare',
+        help='review classification, a GPT on Shakespeare, or post-training on reviews',
     )
     p.add_argument(
         '--model',
@@ -308,7 +319,8 @@ def train_text_main(argv: Sequence[str] | None = None) -> dict:
         '--train-size',
         type=int,
         default=0,
-        help='reviews: number of training reviews (0 = all); gpt: training characters (0 = all)',
+        help='reviews, sft, lora, dpo: number of training reviews (0 = all); gpt: training '
+        'characters (0 = all)',
     )
     p.add_argument(
         '--tokenizer',
@@ -326,10 +338,38 @@ def train_text_main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument(
         '--windows', type=int, default=6400, help='gpt: random training windows per epoch'
     )
+    add_options(p, [
+        ('--n-train', int, 2400, 'sft, lora (and the SFT model of dpo): training instructions'),
+        ('--rank', int, 4, 'lora: rank of the adapters'),
+        ('--beta', float, 0.1, 'dpo: strength of the pull to the SFT model'),
+        ('--samples', int, 4, 'dpo: responses sampled per training prompt'),
+        ('--n-per-star', int, 160, 'dpo: training prompts per star rating'),
+        ('--min-gap', float, 0.1, 'dpo: least judge-score gap of a kept pair'),
+    ])
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument('--task')
+    if (task := pre.parse_known_args(argv)[0].task) in _POST_TRAINING:
+        p.set_defaults(**_POST_TRAINING[task], **_BASE_67)  # sizes of the base: 6.7's
     args = p.parse_args(argv)
     if args.tokenizer == 'bpe' and args.vocab_size < 256:
         p.error(f"--vocab-size must be at least 256 (the byte alphabet), got {args.vocab_size}")
-    if args.task == 'reviews':
+    if args.task in _POST_TRAINING:
+        from bigmodel_book.text.instruct import BaseConfig
+        from bigmodel_book.text.prefer import DPOConfig, SFTConfig, train_dpo, train_sft
+
+        sizes = ('vocab_size', 'd_model', 'n_layers', 'n_heads', 'block_size', 'windows')
+        base = BaseConfig(
+            train_reviews=args.train_size, seed=args.seed, device=args.device, quiet=args.quiet,
+            **{k: getattr(args, k) for k in sizes},
+        )
+        if args.task == 'dpo':
+            sft = SFTConfig(n_train=args.n_train, seed=args.seed, device=args.device, quiet=True)
+            _, metrics = train_dpo(base, sft, config_from_args(DPOConfig, args))
+        else:
+            method = 'full' if args.task == 'sft' else 'lora'
+            sft = config_from_args(SFTConfig, args, method=method, r=args.rank)
+            _, metrics = train_sft(base, sft)
+    elif args.task == 'reviews':
         _, metrics = train_reviews(config_from_args(ReviewsConfig, args))
     else:
         _, metrics = train_gpt(config_from_args(GPTTrainConfig, args))

@@ -34,7 +34,8 @@ TRAIN_TASKS: dict[str, tuple[str, str]] = {
     ),
     'text': (
         f'{_CMD}:train_text_main',
-        'review classifier or a small GPT on Shakespeare: --task reviews|gpt',
+        'review classifier, a small GPT on Shakespeare, or post-training on reviews: '
+        '--task reviews|gpt|sft|lora|dpo',
     ),
     'recsys': (
         f'{_CMD}:train_recsys_main',

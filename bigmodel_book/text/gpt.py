@@ -272,11 +272,16 @@ def train_gpt(cfg: GPTTrainConfig) -> tuple[Learner, dict]:
 
 
 def load_gpt(checkpoint: str | Path, device=None) -> tuple[GPT, CharTokenizer | BPETokenizer]:
-    "A GPT and its tokenizer from the `out` folder of `train_gpt` (or its `model.safetensors`)."
+    """A GPT and its tokenizer from the `out` folder of `train_gpt` (or its `model.safetensors`);
+    a model post-trained in the chat template comes with 6.7's `ChatTokenizer`."""
     hint = "point --checkpoint at the --out folder of 'bigmodel-book train text --task gpt'."
     folder, cfg = read_run_config(checkpoint, 'gpt_config.json', hint)
     tc = cfg.pop('tokenizer')
     tok = BPETokenizer(tc['merges']) if tc.get('type') == 'byte-bpe' else CharTokenizer(tc['chars'])
+    if tc.get('template') == 'chat':  # a model of 'train text --task sft|lora|dpo' (6.7, 6.8)
+        from bigmodel_book.text.instruct import ChatTokenizer
+
+        tok = ChatTokenizer(tok)
     model = GPT(**cfg)
     load_weights(model, folder / 'model.safetensors')
     return model.to(get_device(device)).eval(), tok
@@ -297,8 +302,13 @@ class GenerateConfig:
 
 
 def generate_from_checkpoint(cfg: GenerateConfig) -> str:
-    "The prompt and its continuation by the GPT saved in `cfg.checkpoint`."
+    "The prompt and its continuation by the GPT in `cfg.checkpoint`; a chat model's reply only."
     model, tok = load_gpt(cfg.checkpoint, cfg.device)
+    if hasattr(tok, 'chat'):  # the prompt is the user's turn of the chat template
+        from bigmodel_book.text.instruct import chat_reply
+
+        top_k = cfg.top_k or None
+        return chat_reply(model, tok, cfg.prompt, cfg.n, cfg.temperature, top_k, cfg.seed)
     return generate_text(
         model,
         tok,
