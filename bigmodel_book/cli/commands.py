@@ -378,14 +378,19 @@ def train_text_main(argv: Sequence[str] | None = None) -> dict:
 
 def generate_main(argv: Sequence[str] | None = None) -> str:
     "`bigmodel-book generate --checkpoint OUT --prompt TEXT`: sample text from a trained GPT."
-    from bigmodel_book.text.gpt import GenerateConfig, generate_from_checkpoint
+    from bigmodel_book.text.infer import TextGenerateConfig, generate_from_folder
 
     p = command_parser(
         'generate',
-        'Sample text from a GPT trained with "bigmodel-book train text --task gpt".',
+        'Sample text from a GPT trained with "bigmodel-book train text --task gpt", or from a '
+        'text model folder written by save_text_model (6.9); an instruction-tuned model gets '
+        'the chat template and its reply ends at <|end|>.',
     )
     p.add_argument(
-        '--checkpoint', type=Path, required=True, help='the --out folder of the training run'
+        '--checkpoint',
+        type=Path,
+        required=True,
+        help='the --out folder of the training run, or a save_text_model folder',
     )
     p.add_argument(
         '--prompt',
@@ -408,9 +413,16 @@ def generate_main(argv: Sequence[str] | None = None) -> str:
         '--no-cache', action='store_true', help='recompute the whole context at every step'
     )
     p.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda' or 'mps'")
+    p.add_argument(
+        '--chat',
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help='wrap the prompt in the chat template and print the reply (default: only for an '
+        'instruction-tuned model); --no-chat continues the prompt as plain text',
+    )
     args = p.parse_args(argv)
-    text = generate_from_checkpoint(
-        config_from_args(GenerateConfig, args, use_cache=not args.no_cache)
+    text = generate_from_folder(
+        config_from_args(TextGenerateConfig, args, use_cache=not args.no_cache)
     )
     print(text)
     return text
@@ -586,9 +598,9 @@ def export_main(argv: Sequence[str] | None = None) -> Path:
 
 def serve_main(argv: Sequence[str] | None = None) -> None:
     "`bigmodel-book serve --model DIR`: run the model server until interrupted."
-    from bigmodel_book.lifecycle.serve import ServeLimits, read_token, serve_model_dir
+    from bigmodel_book.lifecycle.serve import ServeLimits, TextLimits, read_token, serve_model_dir
 
-    d = ServeLimits()
+    d, t = ServeLimits(), TextLimits()
     p = command_parser(
         'serve',
         'Serve a model directory over HTTP with FastAPI and uvicorn.',
@@ -596,7 +608,10 @@ def serve_main(argv: Sequence[str] | None = None) -> None:
         'large, 400/422 malformed or invalid JSON (numbers longer than 100 characters, deep '
         'nesting), 408 headers or body too slow, 503 too many connections, 429 over the rate '
         '(with Retry-After), 401 no or wrong token (/health stays open); with --dynamic-batch, 503 '
-        'with Retry-After when the queue is full. The token is read from '
+        'with Retry-After when the queue is full. A text model folder (gpt_config.json, 6.9) is '
+        'served at /generate instead of /predict: 422 for a field of the wrong type or out of '
+        'range or an unknown field, 413 for a prompt too long, 503 when --max-waiting requests '
+        'wait; requests are served one at a time. The token is read from '
         '--token-file or else the environment variable BMB_SERVE_TOKEN. Plain HTTP: put TLS in '
         'a reverse proxy in front before exposing the server.',
     )
@@ -623,6 +638,10 @@ def serve_main(argv: Sequence[str] | None = None) -> None:
         ('--max-connections', int, d.max_connections, 'open connections at most (503 beyond)'),
         ('--rate', float, d.rate, 'requests/s per client address (429 beyond; 0: no limit)'),
         ('--burst', int, d.burst, 'requests a client may send at once under --rate'),
+        ('--max-new-tokens', int, t.max_new_tokens, 'text models: tokens one request may ask for'),
+        ('--max-prompt-chars', int, t.max_prompt_chars, 'text models: characters of a prompt'),
+        ('--time-limit', float, t.time_limit, 'text models: seconds per request, waiting included'),
+        ('--max-waiting', int, t.max_waiting, 'text models: requests waiting (503 beyond)'),
     ]
     add_options(p, limits)
     p.add_argument(
@@ -696,6 +715,9 @@ def serve_main(argv: Sequence[str] | None = None) -> None:
         docs=args.docs,
         backend=args.backend,
         batching=batching,
+        text_limits=TextLimits(
+            args.max_new_tokens, args.max_prompt_chars, args.time_limit, args.max_waiting
+        ).check(),
     )
 
 

@@ -7,7 +7,7 @@ Docs: https://bigmodel-book.github.io/bigmodel-book/lifecycle.serve.html.md"""
 
 # %% ../../nbs/75_lifecycle.serve.ipynb #779974bc
 from __future__ import annotations
-import asyncio, hmac, ipaddress, json, math, os, socket, subprocess, sys, threading, time
+import asyncio, hmac, ipaddress, json, math, os, queue, socket, subprocess, sys, threading, time
 from dataclasses import asdict, dataclass
 from http import HTTPStatus
 from itertools import chain
@@ -19,7 +19,7 @@ import torch
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.exceptions import HTTPException
 
@@ -29,8 +29,10 @@ from .export import load_model_dir
 # %% auto #0
 __all__ = ['BACKENDS', 'RequestError', 'parse_batch', 'ServeLimits', 'parse_json_body',
            'TokenBucket', 'RequestGuard', 'guarded_protocol', 'PredictRequest',
-           'model_forward', 'create_app', 'read_token', 'serve_model_dir', 'free_port',
-           'ServerProcess', 'start_server', 'load_test']
+           'is_text_dir', 'model_forward', 'create_app', 'read_token', 'serve_model_dir',
+           'free_port', 'ServerProcess', 'start_server', 'load_test', 'TextLimits',
+           'GenerateRequest', 'check_generate', 'GenerationWorker', 'create_text_app',
+           'read_events', 'generate_load_test']
 
 # %% ../../nbs/75_lifecycle.serve.ipynb #a3b5ebad
 class RequestError(ValueError):
@@ -483,6 +485,34 @@ def _first_depth(x: Any) -> int:
     return depth
 
 
+def _install_error_handlers(app):
+    "Every refusal and failure of `app` as the JSON `{error, detail}` of this chapter."
+
+    @app.exception_handler(RequestError)
+    async def _refused(request, e: RequestError):
+        response = _json_error(e.status, e.error, e.detail)
+        response.headers.update(getattr(e, 'headers', None) or {})
+        return response
+
+    @app.exception_handler(HTTPException)
+    async def _http(request, e: HTTPException):
+        return _json_error(e.status_code, 'http error', str(e.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, e):
+        return _json_error(422, 'invalid request', str(e.errors())[:500])
+
+    @app.exception_handler(Exception)
+    async def _fault(request, e):  # the server's own fault: no traceback to the client
+        return _json_error(500, 'internal error', 'the server failed; its log says why.')
+
+
+def is_text_dir(path: str | Path) -> bool:
+    "Whether `path` (or the folder of a file `path`) holds a language model of 6.9."
+    path = Path(path)
+    return ((path if path.is_dir() else path.parent) / 'gpt_config.json').is_file()
+
+
 BACKENDS = ('torch', 'onnxruntime')
 
 
@@ -530,11 +560,15 @@ def create_app(
     backend: str = 'torch',
     threads: int = 1,
     batching=None,
+    text_limits=None,
 ):
     """A FastAPI app serving the model directory `model_dir` at /health, /metadata and /predict,
     behind `RequestGuard` (`limits`, optional bearer `token`); `docs` turns on /docs; `backend`
-    'torch' or 'onnxruntime'; `batching` (a `BatchPolicy` of 8.9) stacks concurrent requests."""
+    'torch' or 'onnxruntime'; `batching` (a `BatchPolicy` of 8.9) stacks concurrent requests.
+    A language model folder (6.9) gets `create_text_app` and its `text_limits` instead."""
     limits = (limits or ServeLimits(max_batch=max_batch, max_body=max_body)).check()
+    if is_text_dir(model_dir):
+        return create_text_app(model_dir, device, limits, text_limits, token, docs)
     model, config = load_model_dir(model_dir, device=device)
     if backend == 'onnxruntime' and next(model.parameters()).device.type != 'cpu':
         raise ValueError("the onnxruntime backend runs on the CPU; pass --device cpu.")
@@ -569,23 +603,7 @@ def create_app(
     app.state.model, app.state.config, app.state.limits = model, config, limits
     app.state.batcher = batcher
 
-    @app.exception_handler(RequestError)
-    async def _refused(request, e: RequestError):
-        response = _json_error(e.status, e.error, e.detail)
-        response.headers.update(getattr(e, 'headers', None) or {})
-        return response
-
-    @app.exception_handler(HTTPException)
-    async def _http(request, e: HTTPException):
-        return _json_error(e.status_code, 'http error', str(e.detail))
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request, e):
-        return _json_error(422, 'invalid request', str(e.errors())[:500])
-
-    @app.exception_handler(Exception)
-    async def _fault(request, e):  # the server's own fault: no traceback to the client
-        return _json_error(500, 'internal error', 'the server failed; its log says why.')
+    _install_error_handlers(app)
 
     @app.get('/health')
     def health() -> dict:
@@ -676,10 +694,11 @@ def serve_model_dir(
     docs: bool = False,
     backend: str = 'torch',
     batching=None,
+    text_limits=None,
 ) -> None:
     """Serve the model directory `model_dir` on `http://host:port` with uvicorn until interrupted
     (`threads`: torch or ONNX Runtime intra-op threads; `limits` override `max_batch`/`max_body`;
-    `backend` and `batching` as in `create_app`)."""
+    `backend`, `batching` and, for a language model, `text_limits` as in `create_app`)."""
     import uvicorn
 
     if not 1 <= port <= 65535:
@@ -697,6 +716,7 @@ def serve_model_dir(
         backend=backend,
         threads=threads,
         batching=batching,
+        text_limits=text_limits,
     )
     if token is None and not _is_loopback(host):
         print(
@@ -879,5 +899,389 @@ def load_test(
         p99_ms=float(np.percentile(ms, 99)),
         max_ms=float(ms.max()),
         throughput_rps=n_requests / wall,
+        wall_s=wall,
+    )
+
+# %% ../../nbs/75_lifecycle.serve.ipynb #c53ae071
+@dataclass(frozen=True)
+class TextLimits:
+    "What one /generate request may ask of a language model (each a `bigmodel-book serve` option)."
+
+    max_new_tokens: int = 256  # tokens one request may generate
+    max_prompt_chars: int = 4000  # characters of one prompt (its tokens must also fit the context)
+    time_limit: float = 30.0  # s from arrival to the last token, waiting included
+    max_waiting: int = 16  # requests waiting for the model; beyond, a 503
+
+    def check(self) -> TextLimits:
+        "This, after checking that every limit is positive."
+        if bad := [k for k, v in asdict(self).items() if not v > 0]:
+            raise ValueError(f"these text limits must be positive: {', '.join(bad)}.")
+        return self
+
+
+class GenerateRequest(BaseModel):
+    "The body of /generate: a prompt and how to continue it, nothing else; types are strict."
+
+    model_config = ConfigDict(extra='forbid', strict=True)
+    prompt: str
+    max_new_tokens: int | None = None  # None: 64, or the server's limit if that is lower
+    temperature: float = 0.8  # 0 = greedy
+    top_k: int | None = 20  # None = all tokens
+    seed: int | None = None
+    stream: bool = False  # server-sent events, one per token
+
+
+def _validation_error(e: ValidationError, expected: str) -> RequestError:
+    return RequestError(
+        422,
+        'invalid request',
+        f"expected {expected}: "
+        + '; '.join(
+            f"{'.'.join(map(str, er['loc'])) or 'body'}: {er['msg']}" for er in e.errors()[:3]
+        ),
+    )
+
+
+def check_generate(req: GenerateRequest, limits: TextLimits) -> None:
+    "Refuse a /generate request with a value out of range (422) or a prompt too long (413)."
+    if req.max_new_tokens is None:
+        req.max_new_tokens = min(64, limits.max_new_tokens)
+    if not 1 <= req.max_new_tokens <= limits.max_new_tokens:
+        raise RequestError(
+            422,
+            'out of range',
+            f"max_new_tokens must lie in 1..{limits.max_new_tokens}, got {req.max_new_tokens}.",
+        )
+    if not (math.isfinite(req.temperature) and 0 <= req.temperature <= 100):
+        raise RequestError(
+            422,
+            'out of range',
+            f"temperature must lie in 0..100 (0 = greedy), got {req.temperature}.",
+        )
+    if req.top_k is not None and req.top_k < 1:
+        raise RequestError(
+            422, 'out of range', f"top_k must be at least 1 (or null for all), got {req.top_k}."
+        )
+    if len(req.prompt) > limits.max_prompt_chars:
+        raise RequestError(
+            413,
+            'prompt too long',
+            f"the prompt has {len(req.prompt)} characters; the limit is {limits.max_prompt_chars}.",
+        )
+
+# %% ../../nbs/75_lifecycle.serve.ipynb #37a8eb81
+@dataclass
+class _Job:
+    ids: list
+    n: int
+    options: dict
+    stop: int | None
+    deadline: float
+    loop: Any
+    out: Any  # an asyncio.Queue of ('token', id) ... ('done', reason) or ('error', message)
+    cancelled: bool = False
+
+
+class GenerationWorker:
+    """One thread that runs the language model for every request in turn (safely serialised, not
+    batched): a bounded queue (503 when full), each job stopped at its deadline or when dropped."""
+
+    def __init__(self, model, max_waiting: int):
+        self.model, self.jobs = model, queue.Queue(maxsize=max_waiting)
+        self.seconds_per_token = 0.01  # running estimate, for Retry-After
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def submit(self, job: _Job):
+        "Queue `job`, or raise a 503 `RequestError` with Retry-After when the queue is full."
+        try:
+            self.jobs.put_nowait(job)
+        except queue.Full:
+            wait = max(1, math.ceil(self.jobs.maxsize * job.n * self.seconds_per_token))
+            e = RequestError(
+                503,
+                'busy',
+                f"{self.jobs.maxsize} requests are waiting for the model; retry in about {wait} s.",
+            )
+            e.headers = {'retry-after': str(wait)}
+            raise e from None
+
+    def _send(self, job: _Job, *item):
+        try:
+            job.loop.call_soon_threadsafe(job.out.put_nowait, item)
+        except RuntimeError:  # the request's event loop is gone: nobody is listening
+            job.cancelled = True
+
+    def _run(self):
+        from ..text.infer import stream_generate  # lifecycle uses text; never the reverse
+
+        while True:
+            job = self.jobs.get()
+            if job.cancelled:
+                continue
+            reason, t0, count = 'length', time.perf_counter(), 0
+            try:
+                if time.monotonic() > job.deadline:
+                    reason = 'time_limit'
+                else:
+                    it = stream_generate(self.model, job.ids, job.n, stop=job.stop, **job.options)
+                    for tid in it:
+                        count += 1
+                        self._send(job, 'token', tid)
+                        if tid == job.stop:
+                            reason = 'stop'
+                        elif job.cancelled:
+                            reason = 'cancelled'
+                        elif time.monotonic() > job.deadline and count < job.n:
+                            reason = 'time_limit'
+                        else:
+                            continue
+                        break
+            except Exception as e:  # the model's failure ends this request only
+                self._send(job, 'error', f"{type(e).__name__}: {e}")
+                continue
+            if count:
+                took = (time.perf_counter() - t0) / count
+                self.seconds_per_token += (took - self.seconds_per_token) / 10
+            self._send(job, 'done', reason)
+
+# %% ../../nbs/75_lifecycle.serve.ipynb #09cd5adb
+async def _json_payload(request: Request, limits: ServeLimits):
+    ctype = request.headers.get('content-type', '').split(';')[0].strip().lower()
+    if ctype != 'application/json':
+        raise RequestError(
+            415,
+            'wrong content type',
+            f"send JSON with 'Content-Type: application/json', got {ctype or 'none'!r}.",
+        )
+    return parse_json_body(await request.body(), limits.max_number)
+
+
+def _sse(event: str, data: dict) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+def create_text_app(
+    model_dir: str | Path,
+    device=None,
+    limits: ServeLimits | None = None,
+    text_limits: TextLimits | None = None,
+    token: str | None = None,
+    docs: bool = False,
+):
+    """A FastAPI app serving the language model of `model_dir` (a `save_text_model` or
+    `train_gpt` folder) at /health, /metadata and /generate (JSON, or server-sent events with
+    `stream`), behind `RequestGuard`; one model thread serves the requests in turn."""
+    from ..text.infer import load_text_model, prompt_ids
+
+    limits, tl = (limits or ServeLimits()).check(), (text_limits or TextLimits()).check()
+    model, tok, chat = load_text_model(model_dir, device)
+    worker = GenerationWorker(model, tl.max_waiting)
+    meta = {
+        'kind': 'text',
+        'chat': chat,
+        'config': model.config,
+        'device': str(next(model.parameters()).device),
+        'token_required': token is not None,
+        'concurrency': 'serialised: one model thread, requests in arrival order',
+    } | {f'limit_{k}': v for k, v in asdict(tl).items()}
+    urls = dict(docs_url='/docs', openapi_url='/openapi.json') if docs else {}
+    app = FastAPI(
+        title='bigmodel-book text server',
+        version='1',
+        **(urls or dict(docs_url=None, redoc_url=None, openapi_url=None)),
+    )
+    app.state.model, app.state.tokenizer, app.state.worker = model, tok, worker
+    _install_error_handlers(app)
+
+    @app.get('/health')
+    def health() -> dict:
+        return {'status': 'ok'}
+
+    @app.get('/metadata')
+    def metadata() -> dict:
+        return meta
+
+    def start(req: GenerateRequest) -> tuple[_Job, int]:
+        check_generate(req, tl)
+        try:
+            ids, stop = prompt_ids(tok, req.prompt, chat)
+        except ValueError as e:
+            raise RequestError(422, 'invalid prompt', str(e)) from None
+        if len(ids) >= model.block_size:
+            raise RequestError(
+                413,
+                'prompt too long',
+                f"the prompt is {len(ids)} tokens; the model's context holds "
+                f"{model.block_size}, and at least one must be left to generate.",
+            )
+        options = dict(temperature=req.temperature, top_k=req.top_k, seed=req.seed)
+        loop = asyncio.get_running_loop()
+        job = _Job(
+            ids,
+            req.max_new_tokens,
+            options,
+            stop,
+            time.monotonic() + tl.time_limit,
+            loop,
+            asyncio.Queue(),
+        )
+        worker.submit(job)
+        return job, len(ids)
+
+    async def events(job: _Job):
+        "('token', id) items, then ('done', reason); errors raise."
+        try:
+            while True:
+                kind, value = await job.out.get()
+                if kind == 'error':
+                    raise RuntimeError(value)
+                yield kind, value
+                if kind == 'done':
+                    return
+        finally:
+            job.cancelled = True  # a client that went away stops its generation
+
+    def text_of(new: list) -> str:
+        return tok.decode([i for i in new if i != getattr(tok, 'end', None)])
+
+    @app.post('/generate')
+    async def generate(request: Request):
+        payload = await _json_payload(request, limits)
+        try:
+            req = GenerateRequest.model_validate(payload)
+        except ValidationError as e:
+            raise _validation_error(e, "a JSON object {\"prompt\": \"...\", ...}") from None
+        job, n_prompt = start(req)
+        t0 = time.perf_counter()
+        if not req.stream:
+            items = [item async for item in events(job)]
+            new, reason = [v for k, v in items if k == 'token'], items[-1][1]
+            if reason == 'time_limit' and not new:
+                raise RequestError(
+                    503,
+                    'time limit',
+                    f"no token within the limit of {tl.time_limit:g} s; retry later.",
+                )
+            return {
+                'text': text_of(new),
+                'tokens': new,
+                'prompt_tokens': n_prompt,
+                'finish_reason': reason,
+                'seconds': time.perf_counter() - t0,
+            }
+
+        async def stream():
+            new, sent = [], ''
+            try:
+                async for kind, value in events(job):
+                    if kind == 'done':
+                        if (rest := text_of(new)[len(sent) :]) != '':  # what was held back
+                            yield _sse('token', {'id': None, 'text': rest})
+                        yield _sse(
+                            'done',
+                            {
+                                'text': text_of(new),
+                                'tokens': len(new),
+                                'finish_reason': value,
+                                'seconds': time.perf_counter() - t0,
+                            },
+                        )
+                        return
+                    new.append(value)
+                    text = text_of(new)
+                    if not text.endswith('\ufffd'):  # hold back half a UTF-8 character
+                        yield _sse('token', {'id': value, 'text': text[len(sent) :]})
+                        sent = text
+            except RuntimeError:
+                yield _sse('error', {'error': 'internal error', 'detail': 'the model failed.'})
+
+        return StreamingResponse(
+            stream(), media_type='text/event-stream', headers={'cache-control': 'no-cache'}
+        )
+
+    app.add_middleware(RequestGuard, limits=limits, token=token)
+    return app
+
+# %% ../../nbs/75_lifecycle.serve.ipynb #51768908
+def read_events(lines) -> list[tuple[str, dict]]:
+    "The (event, data) pairs of a server-sent event stream given as text lines."
+    out, event = [], 'message'
+    for line in lines:
+        if line.startswith('event:'):
+            event = line[6:].strip()
+        elif line.startswith('data:'):
+            out.append((event, json.loads(line[5:])))
+            event = 'message'
+    return out
+
+
+async def _generate_load(url, bodies, concurrency, timeout, max_seconds):
+    import httpx
+
+    lat, fails, skipped, tokens = [], 0, 0, 0
+    sem, t_end = asyncio.Semaphore(concurrency), time.perf_counter() + max_seconds
+    async with httpx.AsyncClient(base_url=url, timeout=timeout) as client:
+
+        async def one(body):
+            nonlocal fails, skipped, tokens
+            async with sem:
+                if time.perf_counter() > t_end:
+                    skipped += 1
+                    return
+                t = time.perf_counter()
+                try:
+                    r = await client.post(
+                        '/generate', content=body, headers={'content-type': 'application/json'}
+                    )
+                    ok = r.status_code == 200
+                    tokens += len(r.json()['tokens']) if ok else 0
+                except httpx.HTTPError:
+                    ok = False
+                lat.append(time.perf_counter() - t)
+                fails += not ok
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(b) for b in bodies))
+        return lat, fails, skipped, tokens, time.perf_counter() - t0
+
+
+def generate_load_test(
+    url: str,
+    prompts: Sequence[str],
+    n_requests: int = 40,
+    concurrency: int = 4,
+    max_new_tokens: int = 16,
+    timeout: float = 30.0,
+    max_seconds: float = 60.0,
+) -> dict:
+    """Send at most `n_requests` greedy /generate requests with `concurrency` in flight, starting
+    none after `max_seconds`; latency percentiles (ms), tokens/s, failures, skipped requests."""
+    if n_requests < 1 or concurrency < 1 or max_new_tokens < 1 or max_seconds <= 0:
+        raise ValueError(
+            "n_requests, concurrency, max_new_tokens and max_seconds must be positive."
+        )
+    bodies = [
+        json.dumps(
+            {
+                'prompt': prompts[i % len(prompts)],
+                'max_new_tokens': max_new_tokens,
+                'temperature': 0.0,
+            }
+        ).encode()
+        for i in range(n_requests)
+    ]
+    lat, fails, skipped, tokens, wall = _run_async(
+        _generate_load(url, bodies, concurrency, timeout, max_seconds)
+    )
+    ms = np.array(lat or [float('nan')]) * 1e3
+    return dict(
+        requests=len(lat),
+        skipped=skipped,
+        concurrency=concurrency,
+        failures=fails,
+        p50_ms=float(np.percentile(ms, 50)),
+        p99_ms=float(np.percentile(ms, 99)),
+        tokens_per_s=tokens / wall,
         wall_s=wall,
     )
