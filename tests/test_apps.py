@@ -1,7 +1,7 @@
 """Applications (issue 19): no forecaster looks ahead, the metrics match hand-worked cases, and bad
 input gets a clear error."""
 
-import math
+import math, sys
 
 import numpy as np
 import pytest
@@ -361,5 +361,185 @@ def test_threshold_and_alarms_hand_cases():
     ],
 )
 def test_anomaly_bad_input_is_a_clear_value_error(call):
+    with pytest.raises(ValueError):
+        call()
+
+
+# --- clustering (11.3) --------------------------------------------------------------------------
+
+from bigmodel_book.apps.anomaly import cluster_scores, encode  # noqa: E402
+
+
+def test_cluster_scores_find_separate_groups_whatever_their_names():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(c, 0.1, (40, 3)) for c in (0, 4, -4)])
+    y = np.repeat([0, 1, 2], 40)
+    perfect = dict(nmi=[1.0, 1.0], ari=[1.0, 1.0])
+    assert cluster_scores(x, x, y, 3, seeds=(0, 1)) == perfect
+    assert cluster_scores(x, x, np.repeat([5, 2, 9], 40), 3, seeds=(0, 1)) == perfect
+    fitted_elsewhere = cluster_scores(x[::2], x[1::2], y[1::2], 3, seeds=(0,))
+    assert fitted_elsewhere['ari'] == [1.0]
+    chance = cluster_scores(x, x, rng.permutation(y), 3, seeds=(0,))
+    assert chance['nmi'][0] < 0.1 and abs(chance['ari'][0]) < 0.1
+    merged = cluster_scores(x, x, y, 2, seeds=(0,))  # one cluster must hold two groups
+    assert merged['nmi'][0] < 1 and merged['ari'][0] < 1
+
+
+def test_encode_is_the_encoder_output():
+    ae = AutoEncoder(n_in=4, hidden=5, code=2)
+    x = np.random.default_rng(1).normal(size=(7, 4)).astype(np.float32)
+    with torch.no_grad():
+        expected = ae.encoder(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(encode(ae, x, bs=3), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    'call',
+    [
+        lambda: cluster_scores(np.ones((5, 2)), np.ones((5, 3)), np.zeros(5), 2),
+        lambda: cluster_scores(np.ones((5, 2)), np.ones((5, 2)), np.zeros(4), 2),
+        lambda: cluster_scores(np.ones((5, 2)), np.ones((5, 2)), np.zeros(5), 1),
+        lambda: cluster_scores(np.ones((5, 2)), np.ones((5, 2)), np.zeros(5), 6),
+        lambda: cluster_scores(np.ones((5, 2)), np.ones((5, 2)), np.zeros(5), 2, seeds=()),
+        lambda: cluster_scores(np.ones(5), np.ones(5), np.zeros(5), 2),
+        lambda: encode(AutoEncoder(), np.ones(9)),
+    ],
+)
+def test_clustering_bad_input_is_a_clear_value_error(call):
+    with pytest.raises(ValueError):
+        call()
+
+
+def test_encode_refuses_a_model_without_encoder():
+    with pytest.raises(TypeError, match='AutoEncoder'):
+        encode(torch.nn.Linear(3, 3), np.ones((2, 3)))
+
+
+# --- traffic (11.4) -----------------------------------------------------------------------------
+
+from bigmodel_book.apps import traffic as tr  # noqa: E402
+
+
+@pytest.fixture(scope='module')
+def city():
+    "Synthetic counts (days, links, bins) with a daily shape, a weekly pattern and noise."
+    rng = np.random.default_rng(0)
+    days, links = 21, 6
+    shape = 100 + 80 * np.sin(np.linspace(0, np.pi, tr.BINS_PER_DAY))
+    weekend = np.arange(days) % 7 >= 5
+    level = np.where(weekend, 0.5, 1.0)[:, None, None] * rng.lognormal(0, 0.1, (days, 1, 1))
+    noise = rng.normal(0, 5, (days, links, tr.BINS_PER_DAY))
+    counts = level * shape * rng.uniform(0.5, 1.5, (1, links, 1)) + noise
+    return np.maximum(counts, 0), weekend
+
+
+def inputs(counts, weekend, origins, train=slice(0, 14)):
+    ha = tr.historical_average(counts, weekend, train)
+    mean, std = counts[train].mean((0, 2))[:, None], counts[train].std((0, 2))[:, None]
+    return tr.traffic_windows(counts, ha, weekend, origins, mean, std, lags=4, horizon=4)
+
+
+@pytest.mark.parametrize('k, t', [(15, 4), (17, 30), (20, 59)])
+def test_traffic_windows_never_use_data_after_their_timestamp(city, k, t):
+    counts, weekend = city
+    origins = np.array([[k, t]])
+    changed = counts.copy()
+    changed[k, :, t:] = np.random.default_rng(1).uniform(0, 999, changed[k, :, t:].shape)
+    changed[k + 1:] += 123.0
+    a, b = inputs(counts, weekend, origins), inputs(changed, weekend, origins)
+    assert all(torch.equal(x, y) for x, y in zip(a[:3], b[:3]))  # lags, HA, time: unchanged
+    assert not torch.equal(a[3], b[3])  # the targets are the changed bins
+    one_earlier = inputs(changed, weekend, np.array([[k, t + 1]]))  # ... which later origins see
+    assert not torch.equal(a[0], one_earlier[0])
+
+
+def test_traffic_model_forecast_never_uses_the_future(city):
+    counts, weekend = city
+    torch.manual_seed(0)
+    model = tr.TrafficMLP(n_links=6, hidden=16, dropout=0.0).eval()
+    torch.nn.init.normal_(model.net[-1].weight)  # a model whose output depends on its inputs
+    origins = tr.traffic_origins([16], 4, 4)
+    changed = counts.copy()
+    changed[16, :, 40:] += 500.0
+    with torch.no_grad():
+        a = model(*inputs(counts, weekend, origins)[:3])
+        b = model(*inputs(changed, weekend, origins)[:3])
+    past = torch.as_tensor(origins[:, 1] <= 40)
+    assert torch.equal(a[past], b[past]) and not torch.allclose(a[~past], b[~past])
+
+
+def test_historical_average_uses_only_training_days_and_leaves_the_day_out(city):
+    counts, weekend = city
+    ha = tr.historical_average(counts, weekend, slice(0, 14))
+    train_weekdays = [d for d in range(14) if not weekend[d]]
+    np.testing.assert_allclose(ha[15], counts[train_weekdays].mean(0))  # a test weekday
+    others = [d for d in train_weekdays if d != 2]
+    np.testing.assert_allclose(ha[2], counts[others].mean(0))  # a training day: left out
+    later = counts.copy()
+    later[14:] = 0  # the test days never change the average
+    np.testing.assert_allclose(tr.historical_average(later, weekend, slice(0, 14)), ha)
+
+
+def test_baselines_and_origins_hand_cases(city):
+    counts, weekend = city
+    o = tr.traffic_origins([10, 11], lags=4, horizon=4)
+    assert len(o) == 2 * (tr.BINS_PER_DAY - 7)
+    assert o[0].tolist() == [10, 4] and o[-1].tolist() == [11, 60]
+    fc = tr.baseline_forecasts(counts, counts, o, horizon=4)
+    np.testing.assert_array_equal(fc['seasonal naive (a week ago)'][0, 2], counts[3, :, 6])
+    np.testing.assert_array_equal(fc['last value'][0, 3], counts[10, :, 3])
+    assert tr.mae_rmse([1.0, 3.0], [2.0, 2.0]) == (1.0, 1.0)
+    assert tr.day_split(98) == (slice(0, 70), slice(70, 84), slice(84, 98))
+    links = tr.grid_links(3)
+    adj = tr.link_adjacency(links)
+    assert len(links) == 24 and adj.shape == (24, 24) and np.trace(adj) == 0
+    assert adj[links.index(('x0y0', 'x1y0')), links.index(('x1y0', 'x0y0'))] == 0  # no U-turns
+
+
+def test_untrained_traffic_mlp_is_the_historical_average(city):
+    counts, weekend = city
+    past, ha, time, _ = inputs(counts, weekend, tr.traffic_origins([15], 4, 4))
+    assert torch.equal(tr.TrafficMLP(n_links=6, hidden=8)(past, ha, time), ha)
+
+
+def test_simulation_without_uxsim_names_the_install_command(monkeypatch, tmp_path):
+    monkeypatch.setenv('BMB_CACHE', str(tmp_path))  # nothing cached: it must simulate
+    monkeypatch.setitem(sys.modules, 'uxsim', None)  # import uxsim now raises ImportError
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'bigmodel-book\[apps\]'"):
+        tr.simulate_traffic(2)
+
+
+def test_simulated_day_counts_vehicles_and_is_seeded(monkeypatch, tmp_path):
+    pytest.importorskip('uxsim')
+    monkeypatch.setenv('BMB_CACHE', str(tmp_path))
+    sc = tr.TrafficScenario(grid=2, background=0.0)
+    od = {('x0y0', 'x1y1'): np.full(tr.BINS_PER_DAY, 0.05)}  # 45 vehicles every 15 minutes
+    counts = tr.simulate_day(sc, od, seed=0)
+    assert counts.shape == (8, tr.BINS_PER_DAY) and (counts % 5 == 0).all()
+    first = [tr.grid_links(2).index(link) for link in (('x0y0', 'x1y0'), ('x0y0', 'x0y1'))]
+    assert counts[first].sum() == pytest.approx(0.05 * 16 * 3600, abs=25)  # each leaves x0y0 once
+    assert (tr.simulate_day(sc, od, seed=0) == counts).all()
+
+
+@pytest.mark.parametrize(
+    'call',
+    [
+        lambda: tr.grid_links(1),
+        lambda: tr.traffic_origins([0], lags=0),
+        lambda: tr.traffic_origins([0], lags=60, horizon=5),
+        lambda: tr.day_split(10),
+        lambda: tr.simulate_traffic(0),
+        lambda: tr.historical_average(np.ones((4, 2, 8)), np.zeros(3, bool), slice(0, 2)),
+        lambda: tr.historical_average(np.ones((4, 2, 8)), np.arange(4) % 2 == 1, slice(0, 2)),
+        lambda: tr.gather_bins(np.ones((2, 2, 8)), np.array([[0, 2]]), -3, 2),
+        lambda: tr.baseline_forecasts(np.ones((9, 2, 64)), np.ones((9, 2, 64)), np.array([[6, 9]])),
+        lambda: tr.traffic_windows(np.ones((2, 2, 64)), np.ones((2, 2, 64)), np.zeros(2, bool),
+                                   np.array([[0, 10]]), 0.0, np.zeros((2, 1))),
+        lambda: tr.TrafficMLP(hidden=0),
+        lambda: tr.TrafficMLP(n_links=3)(*(torch.zeros(1, 4, n) for n in (3, 2)), torch.ones(1, 3)),
+        lambda: tr.mae_rmse([np.nan], [1.0]),
+    ],
+)
+def test_traffic_bad_input_is_a_clear_value_error(call):
     with pytest.raises(ValueError):
         call()

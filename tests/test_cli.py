@@ -117,3 +117,21 @@ def test_export_without_builder_reads_the_run(tmp_path, capsys):
     (run_dir / 'model.json').unlink()
     r = run('export', '--checkpoint', str(run_dir), '--out', str(tmp_path / 'again'))
     assert r.returncode == 1 and 'holds no model.json' in r.stderr and 'Traceback' not in r.stderr
+
+
+def test_train_apps_runs_a_task_and_refuses_options_of_others(tmp_path, capsys):
+    from bigmodel_book.cli.commands import train_apps_main
+
+    args = ['--task', 'anomaly', '--epochs', '1', '--n-train', '500', '--device', 'cpu']
+    m = train_apps_main([*args, '--out', str(tmp_path), '--quiet'])
+    saved = json.loads((tmp_path / 'metrics.json').read_text())
+    assert m == saved and saved['task'] == 'anomaly' and 0 < saved['test_ap'] <= 1
+    assert (tmp_path / 'model.safetensors').exists()
+    for bad, flag in ((['--task', 'demand', '--days', '20'], '--days'),
+                      (['--task', 'traffic', '--n-train', '5'], '--n-train')):
+        with pytest.raises(SystemExit) as e:
+            train_apps_main(bad)
+        assert e.value.code == 2 and f'{flag} does not apply' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train_apps_main(['--epochs', '1'])  # --task is required
+    assert '--task' in capsys.readouterr().err

@@ -160,6 +160,12 @@ SMALLEST = {
     'text': ['--task', 'reviews', '--model', 'bag', '--epochs', '1', '--train-size', '500'],
     'recsys': ['--model', 'mf', '--epochs', '1'],
     'distributed': ['--epochs', '1'],
+    'apps': [  # a task with sub-tasks: one smallest run each
+        ['--task', 'volatility', '--epochs', '1', '--train-stride', '20', '--hidden', '4'],
+        ['--task', 'demand', '--epochs', '1', '--train-stride', '16', '--hidden', '16'],
+        ['--task', 'traffic', '--epochs', '1', '--days', '11', '--hidden', '16'],
+        ['--task', 'anomaly', '--epochs', '1', '--n-train', '1000'],
+    ],
 }
 
 
@@ -171,11 +177,13 @@ def test_wheel_alone_trains_every_task(fresh_env):
     assert set(SMALLEST) == set(TRAIN_TASKS), 'give every train task its smallest setting here'
     exe = env_dir / 'bin' / 'bigmodel-book'
     for task, args in SMALLEST.items():
-        out = empty / 'runs' / task
-        cmd = [exe, 'train', task, *args, '--out', str(out), '--quiet']
-        r = subprocess.run(cmd, cwd=empty, capture_output=True, text=True, env=env, timeout=600)
-        assert r.returncode == 0, f'{task}: {r.stderr[-2000:]}'
-        assert (out / 'model.safetensors').exists(), f'{task} left no weights in {out}'
+        runs = args if isinstance(args[0], list) else [args]
+        for args in runs:
+            out = empty / 'runs' / task / (args[1] if len(runs) > 1 else '')
+            cmd = [exe, 'train', task, *args, '--out', str(out), '--quiet']
+            r = subprocess.run(cmd, cwd=empty, capture_output=True, text=True, env=env, timeout=600)
+            assert r.returncode == 0, f'{task} {args}: {r.stderr[-2000:]}'
+            assert (out / 'model.safetensors').exists(), f'{task} {args} left no weights in {out}'
     for task in ('digits', 'vision'):  # a run leaves what export needs: no --builder
         out = empty / 'exported' / task
         cmd = [

@@ -8,15 +8,22 @@ Docs: https://bigmodel-book.github.io/bigmodel-book/apps.anomaly.html.md"""
 
 # %% auto #0
 __all__ = ['load_shuttle', 'AutoEncoder', 'reconstruction_scores', 'zscore_scores',
-           'best_f1_threshold', 'alarm_scores']
+           'best_f1_threshold', 'alarm_scores', 'encode', 'cluster_scores',
+           'AnomalyConfig', 'train_anomaly']
 
 # %% ../../nbs/88_apps.anomaly.ipynb #83bffd8c
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
 from .finance import apps_data_file
+from ..data.core import ArrayDataset, DataLoaders, split_indices
+from ..train.callbacks import EarlyStopping
+from ..train.checkpoint import TrainConfig, finish_run, start_run
+from ..train.learner import Learner
 
 # %% ../../nbs/88_apps.anomaly.ipynb #9f4c2a96
 def load_shuttle() -> tuple[np.ndarray, np.ndarray]:
@@ -84,3 +91,81 @@ def alarm_scores(scores: np.ndarray, labels: np.ndarray, threshold: float) -> di
     prec = tp / max(int(alarm.sum()), 1)
     rec = tp / max(int(y.sum()), 1)
     return dict(precision=prec, recall=rec, f1=2 * prec * rec / max(prec + rec, 1e-12))
+
+# %% ../../nbs/88_apps.anomaly.ipynb #fa6b0060
+def encode(model: nn.Module, x: np.ndarray, bs: int = 4096) -> np.ndarray:
+    "The codes (rows, code) of an `AutoEncoder`'s encoder: the embedding it learned of each row."
+    x = torch.as_tensor(np.asarray(x, np.float32))
+    if x.ndim != 2:
+        raise ValueError(f"x must be (rows, features), got shape {tuple(x.shape)}.")
+    if not hasattr(model, 'encoder'):
+        raise TypeError(f"{type(model).__name__} has no encoder: pass an AutoEncoder.")
+    model.eval()
+    with torch.no_grad():
+        return torch.cat([model.encoder(b) for b in x.split(bs)]).numpy()
+
+
+def cluster_scores(fit_x, x, labels, k: int, seeds=(0, 1, 2)) -> dict:
+    "k-means with `k` clusters fitted on `fit_x`, rows of `x` assigned: NMI and ARI per seed."
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    fit_x, x, y = np.asarray(fit_x, np.float64), np.asarray(x, np.float64), np.asarray(labels)
+    if fit_x.ndim != 2 or x.ndim != 2 or fit_x.shape[1] != x.shape[1]:
+        raise ValueError(
+            f"fit_x and x must be (rows, features) with the same features, got {fit_x.shape} "
+            f"and {x.shape}."
+        )
+    if y.shape != (len(x),):
+        raise ValueError(f"labels must be one per row of x, got {y.shape} for {len(x)} rows.")
+    if not 2 <= k <= len(fit_x) or len(seeds) == 0:
+        raise ValueError(
+            f"Need 2 <= k <= {len(fit_x)} (the rows to fit) and at least one seed, got k={k} "
+            f"and seeds={seeds}."
+        )
+    scores = dict(nmi=[], ari=[])
+    for s in seeds:
+        c = KMeans(k, n_init=10, random_state=s).fit(fit_x).predict(x)
+        scores['nmi'].append(float(normalized_mutual_info_score(y, c)))
+        scores['ari'].append(float(adjusted_rand_score(y, c)))
+    return scores
+
+# %% ../../nbs/88_apps.anomaly.ipynb #5381d340
+@dataclass
+class AnomalyConfig(TrainConfig):
+    "Settings of `bigmodel-book train apps --task anomaly` (the Shuttle autoencoder)."
+
+    hidden: int = 32  # width of the encoder's and decoder's hidden layer
+    code: int = 3  # width of the code
+    n_train: int = 0  # training rows used (0: all of the 60% share)
+    epochs: int = 20
+    lr: float = 3e-3
+    bs: int = 512
+
+
+def train_anomaly(cfg: AnomalyConfig) -> tuple[Learner, dict]:
+    "Train an `AutoEncoder` on Shuttle, no labels; metrics: test AP, ROC-AUC, Isolation Forest's."
+    from sklearn.ensemble import IsolationForest
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    if cfg.n_train < 0:
+        raise ValueError(f"n_train must be >= 0 (0: all training rows), got {cfg.n_train}.")
+    cbs = start_run(cfg, EarlyStopping('valid_loss', patience=4))
+    x, labels = load_shuttle()
+    tr, va, te = split_indices(len(x), valid=0.2, test=0.2, seed=42, stratify=labels)
+    tr = tr[: cfg.n_train or len(tr)]
+    z = torch.from_numpy((x - x[tr].mean(0)) / x[tr].std(0))
+    dss = [ArrayDataset(z[i], z[i]) for i in (tr, va)]
+    dls = DataLoaders.from_datasets(*dss, bs=cfg.bs, device=cfg.device)
+    model = AutoEncoder(x.shape[1], cfg.hidden, cfg.code)
+    learn = Learner(model, dls, nn.MSELoss(), cbs=cbs, quiet=cfg.quiet)
+    learn.fit(cfg.epochs, lr=cfg.lr)
+    scores = (learn.predict(z[te]) - z[te]).pow(2).mean(1).numpy()
+    forest = IsolationForest(n_estimators=200, random_state=cfg.seed).fit(z[tr].numpy())
+    metrics = dict(
+        task='anomaly',
+        test_ap=float(average_precision_score(labels[te], scores)),
+        test_roc_auc=float(roc_auc_score(labels[te], scores)),
+        iforest_ap=float(average_precision_score(labels[te], -forest.score_samples(z[te].numpy()))),
+    )
+    return learn, finish_run(learn, cfg, metrics)

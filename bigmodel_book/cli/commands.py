@@ -14,11 +14,12 @@ from .core import add_options, command_parser, config_from_args, report
 from .core import train_arg_parser
 
 # %% auto #0
-__all__ = ['MODEL_CONFIG', 'save_model_config', 'train_digits_main', 'train_vision_main',
-           'train_sequence_main', 'train_gan_main', 'sample_main', 'train_speech_main',
-           'transcribe_main', 'train_text_main', 'generate_main', 'train_recsys_main',
-           'tune_main', 'write_model_card', 'export_main', 'serve_main',
-           'train_distributed_main', 'latest_sharded', 'train_scale_main']
+__all__ = ['MODEL_CONFIG', 'APPS_TASKS', 'save_model_config', 'train_digits_main',
+           'train_vision_main', 'train_sequence_main', 'train_gan_main', 'sample_main',
+           'train_speech_main', 'transcribe_main', 'train_text_main', 'generate_main',
+           'train_recsys_main', 'train_apps_main', 'tune_main', 'write_model_card',
+           'export_main', 'serve_main', 'train_distributed_main', 'latest_sharded',
+           'train_scale_main']
 
 # %% ../../nbs/91_cli.commands.ipynb #f0481f9d
 MODEL_CONFIG = 'model.json'  # what a run folder says about its model, for `bigmodel-book export`
@@ -456,6 +457,50 @@ def train_recsys_main(argv: Sequence[str] | None = None) -> dict:
     _, metrics = train_recsys(config_from_args(RecsysConfig, args))
     return report(metrics)
 
+# %% ../../nbs/91_cli.commands.ipynb #88220d86
+APPS_TASKS = {  # --task: (module of bigmodel_book.apps, its config, its recipe)
+    'volatility': ('finance', 'VolatilityConfig', 'train_volatility'),
+    'demand': ('energy', 'DemandConfig', 'train_demand'),
+    'traffic': ('traffic', 'TrafficConfig', 'train_traffic'),
+    'anomaly': ('anomaly', 'AnomalyConfig', 'train_anomaly'),
+}
+
+
+def train_apps_main(argv: Sequence[str] | None = None) -> dict:
+    "`bigmodel-book train apps --task volatility|demand|traffic|anomaly`: an application's model."
+    import dataclasses
+    import importlib
+
+    p = train_arg_parser(
+        'apps',
+        'Train a model of the applications part: the S&P 500 volatility GRU (volatility), the '
+        'quantile demand MLP (demand), the traffic MLP on simulated detector counts (traffic) or '
+        'the Shuttle autoencoder (anomaly). Options left out take the task\'s standard settings.',
+        epochs=None,
+        lr=None,
+        bs=None,
+    )
+    p.add_argument('--task', choices=list(APPS_TASKS), required=True, help='which model to train')
+    task_options = [
+        ('--hidden', int, None, 'width of the network'),
+        ('--train-stride', int, None, 'volatility, demand: train on every k-th window'),
+        ('--days', int, None, 'traffic: simulated days (at least 11)'),
+        ('--n-train', int, None, 'anomaly: training rows (0: all)'),
+    ]
+    add_options(p, task_options)
+    args = p.parse_args(argv)
+    module, config, recipe = APPS_TASKS[args.task]
+    part = importlib.import_module(f'bigmodel_book.apps.{module}')
+    fields = {f.name for f in dataclasses.fields(getattr(part, config))}
+    for flag, *_ in task_options + [('--epochs',), ('--lr',), ('--bs',)]:
+        name = flag[2:].replace('-', '_')
+        if getattr(args, name) is None:  # left out: the task's default
+            delattr(args, name)
+        elif name not in fields:
+            p.error(f"{flag} does not apply to --task {args.task}")
+    _, metrics = getattr(part, recipe)(config_from_args(getattr(part, config), args))
+    return report(metrics)
+
 # %% ../../nbs/91_cli.commands.ipynb #06874736
 def tune_main(argv: Sequence[str] | None = None) -> dict:
     "`bigmodel-book tune`: a resumable Optuna study over the digits MLP; writes `best.json`."
@@ -743,7 +788,7 @@ def train_distributed_main(argv: Sequence[str] | None = None) -> dict:
     # only rank 0 prints (the process group is gone by now, so ask torchrun's environment)
     return report(metrics) if os.environ.get('RANK', '0') == '0' else metrics
 
-# %% ../../nbs/91_cli.commands.ipynb #d1534829
+# %% ../../nbs/91_cli.commands.ipynb #73386f21
 def latest_sharded(out: Path) -> str:
     "The newest `epoch_N` folder of a sharded checkpoint under `out/sharded`, or ''."
     done = [p for p in (Path(out) / 'sharded').glob('epoch_*') if (p / 'progress.json').exists()]

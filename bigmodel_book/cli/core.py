@@ -41,6 +41,11 @@ TRAIN_TASKS: dict[str, tuple[str, str]] = {
         f'{_CMD}:train_recsys_main',
         'recommenders on MovieLens 100k: --model mf|bpr|neumf|seq',
     ),
+    'apps': (
+        f'{_CMD}:train_apps_main',
+        'applications: --task volatility|demand|traffic|anomaly (finance, energy, traffic, '
+        'Shuttle)',
+    ),
     'distributed': (
         f'{_CMD}:train_distributed_main',
         'digits MLP with DistributedDataParallel; run under torchrun --nproc-per-node N',
@@ -160,6 +165,7 @@ EXTRAS = {
     'arch': "pip install 'bigmodel-book[apps]'",
     'pmdarima': "pip install 'bigmodel-book[apps]'",
     'river': "pip install 'bigmodel-book[apps]'",
+    'uxsim': "pip install 'bigmodel-book[apps]'",
     'executorch': "pip install 'bigmodel-book[edge]'",
     'torchao': "pip install 'bigmodel-book[edge]'",
 }
