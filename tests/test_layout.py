@@ -2,7 +2,7 @@
 holds every subpackage (built, installed into a fresh virtual environment, every module
 imported)."""
 
-import ast, json, os, re, subprocess, sys, sysconfig, venv
+import ast, json, re, subprocess
 from pathlib import Path
 
 import pytest
@@ -98,35 +98,6 @@ def test_one_module_per_notebook():
         if default:
             stem = nb.stem.split('_', 1)[1]
             assert stem == default[0], f'{nb.name} exports {default[0]}'
-
-
-@pytest.fixture(scope='module')
-def fresh_env(tmp_path_factory):
-    """A new virtual environment with only the built wheel of this repository installed. It sees
-    this environment's third-party packages (torch, the data carriers), but not the repository."""
-    tmp = tmp_path_factory.mktemp('wheel')
-    dist = tmp / 'dist'
-    build = [sys.executable, '-m', 'pip', 'wheel', '--no-deps', '-q', '-w', str(dist), str(ROOT)]
-    subprocess.run(build, check=True, timeout=300, capture_output=True)
-    wheel = next(dist.glob('bigmodel_book-*.whl'))
-    env_dir = tmp / 'env'
-    venv.create(env_dir, with_pip=True)
-    py = env_dir / 'bin' / 'python'
-    site = Path(sysconfig.get_paths()['purelib'])
-    new_site = Path(
-        subprocess.check_output(
-            [py, '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])']
-        )
-        .decode()
-        .strip()
-    )
-    (new_site / 'deps.pth').write_text(str(site) + '\n')
-    install = [py, '-m', 'pip', 'install', '--no-deps', '-q', str(wheel)]
-    subprocess.run(install, check=True, timeout=300, capture_output=True)
-    empty = tmp / 'empty'
-    empty.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
-    return env_dir, empty, env, wheel
 
 
 @pytest.mark.slow

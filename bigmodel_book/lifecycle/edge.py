@@ -41,6 +41,8 @@ def quantize_int8_pt2e(
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     model = unwrap(model).eval()
+    if example.shape[0] < 2:  # torch.export fixes a dimension of size 1: capture with 2 rows
+        example = example.expand(2, *example.shape[1:])
     ep = torch.export.export(model, (example,), dynamic_shapes=({0: _batch_dim(max_batch)},))
     config = get_symmetric_quantization_config(is_per_channel=True)
     quantizer = XNNPACKQuantizer().set_global(config)
