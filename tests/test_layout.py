@@ -131,6 +131,8 @@ SMALLEST = {
     'text': ['--task', 'reviews', '--model', 'bag', '--epochs', '1', '--train-size', '500'],
     'recsys': ['--model', 'mf', '--epochs', '1'],
     'distributed': ['--epochs', '1'],
+    'scale': ['--epochs', '1', '--train-size', '3000', '--d-model', '16', '--block-size', '16',
+              '--bs', '8', '--experts', '2'],
     'apps': [  # a task with sub-tasks: one smallest run each
         ['--task', 'volatility', '--epochs', '1', '--train-stride', '20', '--hidden', '4'],
         ['--task', 'demand', '--epochs', '1', '--train-stride', '16', '--hidden', '16'],
