@@ -400,6 +400,8 @@ def load_text_model(path: str | Path, device=None) -> tuple[GPT, object, bool]:
     model, tok = load_gpt(path, device)
     folder = Path(path) if Path(path).is_dir() else Path(path).parent
     tc = json.loads((folder / TEXT_CONFIG).read_text())['tokenizer']
+    if tc.get('template') == 'chat':  # post-trained by 'train text --task sft|lora|dpo' (6.8)
+        return model, tok, True
     if not tc.get('specials'):
         return model, tok, False
     tok = ChatTokenizer(tok)
