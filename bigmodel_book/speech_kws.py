@@ -10,6 +10,7 @@ from bigmodel_book.core import forwarder
 
 _MOVED = {
     'AugmentedClips': 'speech.kws:AugmentedClips',
+    'HELD_OUT_ACCENTS': 'speech.kws:HELD_OUT_ACCENTS',
     'KWSConfig': 'speech.kws:KWSConfig',
     'KWS_AUGMENT': 'speech.kws:KWS_AUGMENT',
     'KWS_LABELS': 'speech.kws:KWS_LABELS',

@@ -11,6 +11,7 @@ import torch
 import torchaudio
 
 from bigmodel_book.speech.data import (
+    ACCENTS,
     ESpeak,
     WORDS,
     add_noise,
@@ -32,6 +33,7 @@ from bigmodel_book.speech.data import (
     SpecAugment,
 )
 from bigmodel_book.speech.kws import (
+    HELD_OUT_ACCENTS,
     AugmentedClips,
     KWS_LABELS,
     KWSConfig,
@@ -91,6 +93,23 @@ def test_voice_split_is_disjoint_and_used():
     assert not (set(vs['train']) & set(vs['test'])) and not (set(vs['valid']) & set(vs['test']))
     s = synth_words(1, 'test', words=['yes', 'no'])
     assert {v.split('+')[1] for v in s.voices} <= set(vs['test']) and s.labels == [0, 1]
+
+
+def test_accents_held_out_of_training():
+    "kws_data keeps HELD_OUT_ACCENTS out of train, valid and test; only 'test_accent' speaks them."
+    d = kws_data(1, 1, 1)
+    accents = lambda s: {v.split('+')[0] for v in s.voices}
+    assert accents(d['test_accent_set']) <= set(HELD_OUT_ACCENTS)
+    assert not accents(d['test_set']) & set(HELD_OUT_ACCENTS)
+    variants = lambda s: [v.split('+')[1] for v in s.voices]
+    assert variants(d['test_accent_set']) == variants(d['test_set'])  # same seed, same variants
+    assert 'test_accent' not in kws_data(1, 1, 1, test_accents=())
+    with pytest.raises(ValueError, match='proper subset'):
+        kws_data(1, 1, 1, test_accents=ACCENTS)
+    with pytest.raises(ValueError, match='proper subset'):
+        kws_data(1, 1, 1, test_accents=['en-AU'])
+    with pytest.raises(ValueError, match='subset of ACCENTS'):
+        synth_words(1, 'test', accents=[])
 
 
 @pytest.mark.parametrize('n_mels,n_fft', [(40, 400), (64, 512), (23, 256)])

@@ -268,19 +268,26 @@ def synth_set(
 
 
 def synth_words(
-    n_per_word: int, split: str = 'train', words: Sequence[str] = WORDS, seed: int = 0
+    n_per_word: int,
+    split: str = 'train',
+    words: Sequence[str] = WORDS,
+    seed: int = 0,
+    accents: Sequence[str] = ACCENTS,
 ) -> SpokenSet:
     """`n_per_word` clips of every word, spoken by the voice variants of `split` ('train', 'valid'
-    or 'test')."""
+    or 'test') with `accents`."""
     if split not in ('train', 'valid', 'test'):
         raise ValueError(f"split must be 'train', 'valid' or 'test', got {split!r}.")
     if n_per_word < 1:
         raise ValueError(f"n_per_word must be at least 1, got {n_per_word}.")
+    if not accents or set(accents) - set(ACCENTS):
+        raise ValueError(f"accents must be a non-empty subset of ACCENTS {ACCENTS}, got {accents}.")
     texts = [w for w in words for _ in range(n_per_word)]
     s = synth_set(
         texts,
         voice_split(seed)[split],
         seed=seed + {'train': 0, 'valid': 1, 'test': 2}[split],
+        accents=accents,
         name=f'words-{split}',
     )
     s.labels = [list(words).index(t) for t in s.texts]

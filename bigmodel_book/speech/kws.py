@@ -20,6 +20,7 @@ from torch import nn
 from ..core import Timer, set_seed
 from ..data.core import ArrayDataset, DataLoaders
 from bigmodel_book.speech.data import (
+    ACCENTS,
     SAMPLE_RATE,
     WORDS,
     Augment,
@@ -40,13 +41,14 @@ from ..train.checkpoint import TrainConfig, finish_run, run_callbacks
 from ..train.learner import Learner, accuracy
 
 # %% auto #0
-__all__ = ['KWS_LABELS', 'KWS_AUGMENT', 'AugmentedClips', 'kws_data', 'KeywordCNN', 'mfcc_stats',
-           'noisy_test', 'stream_keywords', 'edit_distance', 'KWSConfig',
-           'save_speech_config', 'train_kws']
+__all__ = ['KWS_LABELS', 'KWS_AUGMENT', 'HELD_OUT_ACCENTS', 'AugmentedClips', 'kws_data',
+           'KeywordCNN', 'mfcc_stats', 'noisy_test', 'stream_keywords', 'edit_distance',
+           'KWSConfig', 'save_speech_config', 'train_kws']
 
 # %% ../../nbs/41_speech.kws.ipynb #46ee0b8d
 KWS_LABELS = WORDS + ['_silence_']
 KWS_AUGMENT = Augment(p_noise=0.5, snr_range=(5.0, 30.0))
+HELD_OUT_ACCENTS = ('en-029', 'en-GB-scotland')  # Caribbean and Scottish English: test only
 
 
 def _background(
@@ -127,15 +129,24 @@ def kws_data(
     source: str = 'espeak',
     root: str | Path | None = None,
     augment: Augment | None = None,
+    test_accents: Sequence[str] = HELD_OUT_ACCENTS,
 ) -> dict:
     """Keyword-spotting split: 'train' an AugmentedClips, 'valid' and 'test' (clips (N, 16000),
-    labels); test voices unseen in training."""
+    labels) by voice variants unseen in training; 'test_accent': those variants in
+    `test_accents`."""
     rng = np.random.default_rng(seed)
     if source == 'espeak':
+        seen = [a for a in ACCENTS if a not in test_accents]
+        if set(test_accents) - set(ACCENTS) or not seen:
+            raise ValueError(
+                f"test_accents must be a proper subset of ACCENTS {ACCENTS}, got {test_accents}."
+            )
         sets = {
-            k: synth_words(n, k, seed=seed)
+            k: synth_words(n, k, seed=seed, accents=seen)
             for k, n in (('train', n_train), ('valid', n_valid), ('test', n_test))
         }
+        if test_accents:
+            sets['test_accent'] = synth_words(n_test, 'test', seed=seed, accents=test_accents)
     elif source == 'speech_commands':
         sets = {
             k: speech_commands(sub, root, download_data=root is None)
@@ -144,7 +155,7 @@ def kws_data(
     else:
         raise ValueError(f"source must be 'espeak' or 'speech_commands', got {source!r}.")
     tr = sets['train']
-    return {
+    out = {
         'train': AugmentedClips(
             tr.waves, tr.labels, augment, n_background=max(1, len(tr) // len(WORDS))
         ),
@@ -152,6 +163,10 @@ def kws_data(
         'test': _clean_examples(sets['test'], rng),
         'test_set': sets['test'],
     }
+    if 'test_accent' in sets:
+        out['test_accent'] = _clean_examples(sets['test_accent'], rng)
+        out['test_accent_set'] = sets['test_accent']
+    return out
 
 # %% ../../nbs/41_speech.kws.ipynb #6250359e
 def _block(c_in: int, c_out: int, stride: bool = False) -> nn.Sequential:
@@ -300,6 +315,7 @@ class KWSConfig(TrainConfig):
     bs: int = 64
     n_train: int = 100  # training clips per word
     n_test: int = 30  # test clips per word (validation: half as many)
+    test_accents: tuple = HELD_OUT_ACCENTS  # accents kept out of training, for the accent test
 
 
 def save_speech_config(out: str | Path | None, task: str) -> None:
@@ -311,13 +327,20 @@ def save_speech_config(out: str | Path | None, task: str) -> None:
 
 
 def train_kws(cfg: KWSConfig) -> tuple[Learner, dict]:
-    "Train the keyword CNN on eSpeak NG words; returns the Learner and the test accuracy."
+    """Train the keyword CNN on eSpeak NG words; returns the Learner and the test accuracies (unseen
+    variants; unseen variants in held-out accents)."""
     if min(cfg.n_train, cfg.n_test) < 1:
         raise ValueError(
             f"n_train and n_test must be at least 1, got {cfg.n_train} and {cfg.n_test}."
         )
     set_seed(cfg.seed)
-    d = kws_data(cfg.n_train, max(1, cfg.n_test // 2), cfg.n_test, seed=cfg.seed)
+    d = kws_data(
+        cfg.n_train,
+        max(1, cfg.n_test // 2),
+        cfg.n_test,
+        seed=cfg.seed,
+        test_accents=cfg.test_accents,
+    )
     dls = DataLoaders.from_datasets(
         d['train'],
         ArrayDataset(*d['valid']),
@@ -335,5 +358,8 @@ def train_kws(cfg: KWSConfig) -> tuple[Learner, dict]:
     )
     learn.fit(cfg.epochs, lr=cfg.lr)
     metrics = {'task': 'kws', **{f'test_{k}': v for k, v in learn.evaluate(dls.test).items()}}
+    if 'test_accent' in d:
+        x, y = d['test_accent']
+        metrics['test_accent_accuracy'] = (learn.predict(x).argmax(1) == y).float().mean().item()
     save_speech_config(cfg.out, 'kws')
     return learn, finish_run(learn, cfg, metrics)
