@@ -20,7 +20,7 @@ NBS = ROOT / 'nbs'
 
 # the chapters whose exercises have solutions; add each chapter as its solutions land, until
 # this is every notebook with an `## Exercises` section (then COVERED = chapters())
-COVERED = ['00_intro.ipynb']
+COVERED = ['00_intro.ipynb', '01_core.ipynb']
 
 OPEN = re.compile(r'^:::+\s*\{\s*\.callout-\w+[^}]*collapse\s*=\s*"?true[^}]*\}\s*$', re.M)
 SOLUTION = re.compile(r'^#{1,6}\s+Solution to exercise (\d+)\s*$', re.M)
