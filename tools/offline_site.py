@@ -9,8 +9,8 @@ no renderer to load), links between notebooks rewritten to pages, and the cell o
 leaves behind (`#| echo: false`, `#| output: asis`), and Quarto callouts (`::: {.callout-tip
 collapse="true"}` ... `:::`, which may open in one markdown cell and close in a later one, code
 cells between): a collapsed one becomes a `<details>` element, closed until clicked, so exercise
-solutions and self-check answers stay hidden as on the Quarto site. The shell's CSS and JavaScript are in
-tools/site/.
+solutions and self-check answers stay hidden as on the Quarto site. The shell's CSS and
+JavaScript are in tools/site/.
 
 usage: python tools/offline_site.py [--out _docs] [--no-proc]
 """
