@@ -298,3 +298,25 @@ def test_every_plot_is_in_the_committed_outputs():
     assert not missing, (
         f'figures missing from the committed outputs (re-run without MPLBACKEND=Agg): {missing}'
     )
+
+
+def test_solutions_are_collapsed_and_open_on_click(site, browser):
+    "An exercise solution (markdown, code and output) is hidden until its summary is clicked."
+    external = []
+    page = open_page(browser, site, 'core.html', external, viewport={'width': 1300, 'height': 900})
+    first = page.locator('details.callout-tip').first
+    assert page.locator('details.callout-tip').count() >= 4
+    assert first.evaluate('d => d.open') is False
+    assert 'Show solution to exercise 1' in first.locator('summary').inner_text()
+    code = first.locator('.input_area .highlight').first
+    assert code.count() == 1 and not code.is_visible(), 'a solution shows its code unopened'
+    first.scroll_into_view_if_needed()
+    page.screenshot(path=str(SHOTS / 'solution-closed.png'))
+    first.locator('summary').click()
+    assert first.evaluate('d => d.open') and code.is_visible()
+    assert first.locator('.output_area').count() >= 1, 'the solution lost its output'
+    page.screenshot(path=str(SHOTS / 'solution-open.png'))
+    answers = page.locator('details.callout-note')
+    assert answers.count() >= 5 and 'Show answer' in answers.first.inner_text()
+    page.context.close()
+    assert not external

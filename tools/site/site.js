@@ -124,7 +124,18 @@
     });
   }
 
+  // a link to something inside a collapsed solution opens it
+  function openTarget() {
+    const id = decodeURIComponent(window.location.hash.slice(1));
+    let node = id && document.getElementById(id);
+    while (node) {
+      if (node.tagName === 'DETAILS') node.open = true;
+      node = node.parentElement;
+    }
+  }
+
   document.addEventListener('DOMContentLoaded', () => {
-    wireTheme(); wireMenu(); addCopyButtons(); wireSearch();
+    wireTheme(); wireMenu(); addCopyButtons(); wireSearch(); openTarget();
+    window.addEventListener('hashchange', openTarget);
   });
 })();
