@@ -23,6 +23,7 @@ _MOVED = {
     'bits_per_character': 'text.gpt:eval_bits_per_char',
     'body_params': 'text.gpt:body_params',
     'causal_mask': 'text.attention:causal_mask',
+    'continue_prompt': 'text.gpt:continue_prompt',
     'eval_bits_per_char': 'text.gpt:eval_bits_per_char',
     'fit_power_law': 'text.scaling:fit_power_law',
     'generate': 'text.gpt:generate',

@@ -30,7 +30,7 @@ from .attention import TransformerBlock
 
 # %% auto #0
 __all__ = ['GPT', 'RandomWindows', 'eval_bits_per_char', 'body_params', 'generate', 'generate_text',
-           'GPTTrainConfig', 'train_gpt', 'load_gpt', 'GenerateConfig',
+           'GPTTrainConfig', 'train_gpt', 'load_gpt', 'GenerateConfig', 'continue_prompt',
            'generate_from_checkpoint']
 
 # %% ../../nbs/54_text.gpt.ipynb #f25edc00
@@ -301,21 +301,14 @@ class GenerateConfig:
     device: str = 'auto'
 
 
-def generate_from_checkpoint(cfg: GenerateConfig) -> str:
-    "The prompt and its continuation by the GPT in `cfg.checkpoint`; a chat model's reply only."
-    model, tok = load_gpt(cfg.checkpoint, cfg.device)
-    if hasattr(tok, 'chat'):  # the prompt is the user's turn of the chat template
-        from bigmodel_book.text.instruct import chat_reply
+def continue_prompt(model: GPT, tok, cfg: GenerateConfig) -> str:
+    "The prompt of `cfg` and its continuation by `model`, with the sampling settings of `cfg`."
+    top_k = cfg.top_k or None
+    return generate_text(model, tok, cfg.prompt, cfg.n, cfg.temperature, top_k, cfg.use_cache,
+                         cfg.seed)
 
-        top_k = cfg.top_k or None
-        return chat_reply(model, tok, cfg.prompt, cfg.n, cfg.temperature, top_k, cfg.seed)
-    return generate_text(
-        model,
-        tok,
-        cfg.prompt,
-        cfg.n,
-        cfg.temperature,
-        cfg.top_k or None,
-        cfg.use_cache,
-        cfg.seed,
-    )
+
+def generate_from_checkpoint(cfg: GenerateConfig) -> str:
+    """The prompt and its continuation by the GPT in `cfg.checkpoint`, as plain text (6.9's
+    `generate_from_folder` answers a chat model in its template)."""
+    return continue_prompt(*load_gpt(cfg.checkpoint, cfg.device), cfg)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ..train.checkpoint import save_weights
 from ..sequence.charlm import CharTokenizer, sample_next
-from .gpt import GPT, GenerateConfig, generate_text, load_gpt
+from .gpt import GPT, GenerateConfig, continue_prompt, load_gpt
 from .instruct import ChatTokenizer
 
 # %% auto #0
@@ -400,7 +400,7 @@ def load_text_model(path: str | Path, device=None) -> tuple[GPT, object, bool]:
     model, tok = load_gpt(path, device)
     folder = Path(path) if Path(path).is_dir() else Path(path).parent
     tc = json.loads((folder / TEXT_CONFIG).read_text())['tokenizer']
-    if tc.get('template') == 'chat':  # post-trained by 'train text --task sft|lora|dpo' (6.8)
+    if isinstance(tok, ChatTokenizer):  # load_gpt read a post-trained model's template (6.8)
         return model, tok, True
     if not tc.get('specials'):
         return model, tok, False
@@ -458,16 +458,7 @@ def generate_from_folder(cfg: TextGenerateConfig) -> str:
     model, tok, tuned = load_text_model(cfg.checkpoint, cfg.device)
     chat = tuned if cfg.chat is None else cfg.chat
     if not chat:
-        return generate_text(
-            model,
-            tok,
-            cfg.prompt,
-            cfg.n,
-            cfg.temperature,
-            cfg.top_k or None,
-            cfg.use_cache,
-            cfg.seed,
-        )
+        return continue_prompt(model, tok, cfg)
     n_prompt = len(prompt_ids(tok, cfg.prompt, True)[0])
     if n_prompt >= model.block_size:
         raise ValueError(f"the prompt has {n_prompt} tokens; the context holds {model.block_size}.")
