@@ -507,6 +507,26 @@ def _install_error_handlers(app):
         return _json_error(500, 'internal error', 'the server failed; its log says why.')
 
 
+def _base_app(title: str, docs: bool, meta: dict) -> FastAPI:
+    """A FastAPI app with this chapter's JSON errors, `/health` and `/metadata` (`meta`), and the
+    interactive docs only when `docs` is set."""
+    urls = dict(docs_url='/docs', openapi_url='/openapi.json') if docs else {}
+    app = FastAPI(
+        title=title, version='1', **(urls or dict(docs_url=None, redoc_url=None, openapi_url=None))
+    )
+    _install_error_handlers(app)
+
+    @app.get('/health')
+    def health() -> dict:
+        return {'status': 'ok'}
+
+    @app.get('/metadata')
+    def metadata() -> dict:
+        return meta
+
+    return app
+
+
 def is_text_dir(path: str | Path) -> bool:
     "Whether `path` (or the folder of a file `path`) holds a language model of 6.9."
     path = Path(path)
@@ -594,24 +614,9 @@ def create_app(
         'backend': backend,
         'batching': asdict(batching) if batching is not None else None,
     }
-    urls = dict(docs_url='/docs', openapi_url='/openapi.json') if docs else {}
-    app = FastAPI(
-        title='bigmodel-book model server',
-        version='1',
-        **(urls or dict(docs_url=None, redoc_url=None, openapi_url=None)),
-    )
+    app = _base_app('bigmodel-book model server', docs, meta)
     app.state.model, app.state.config, app.state.limits = model, config, limits
     app.state.batcher = batcher
-
-    _install_error_handlers(app)
-
-    @app.get('/health')
-    def health() -> dict:
-        return {'status': 'ok'}
-
-    @app.get('/metadata')
-    def metadata() -> dict:
-        return meta
 
     def answer(probs: np.ndarray) -> dict:
         cls = probs.argmax(-1).tolist()
@@ -1085,22 +1090,8 @@ def create_text_app(
         'token_required': token is not None,
         'concurrency': 'serialised: one model thread, requests in arrival order',
     } | {f'limit_{k}': v for k, v in asdict(tl).items()}
-    urls = dict(docs_url='/docs', openapi_url='/openapi.json') if docs else {}
-    app = FastAPI(
-        title='bigmodel-book text server',
-        version='1',
-        **(urls or dict(docs_url=None, redoc_url=None, openapi_url=None)),
-    )
+    app = _base_app('bigmodel-book text server', docs, meta)
     app.state.model, app.state.tokenizer, app.state.worker = model, tok, worker
-    _install_error_handlers(app)
-
-    @app.get('/health')
-    def health() -> dict:
-        return {'status': 'ok'}
-
-    @app.get('/metadata')
-    def metadata() -> dict:
-        return meta
 
     def start(req: GenerateRequest) -> tuple[_Job, int]:
         check_generate(req, tl)
