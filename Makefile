@@ -57,7 +57,7 @@ gpu-check: export
 	$(BIN)/python tools/gpu_check.py
 
 benchmarks: export
-	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
+	for b in benchmarks/[!_]*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:
 	rm -rf _docs _proc test-output .pytest_cache

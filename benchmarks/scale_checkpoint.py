@@ -7,8 +7,7 @@ the median step time over repeats is reported with its ratio to the plain model.
 """
 
 from __future__ import annotations
-import argparse, json, platform, statistics, time
-from pathlib import Path
+import argparse, platform, statistics, time
 
 import torch
 
@@ -17,6 +16,7 @@ from bigmodel_book.scale.memory import set_checkpointing
 from bigmodel_book.scale.moe import dense_gpt, moe_gpt
 from bigmodel_book.sequence.charlm import lm_loss
 from bigmodel_book.text.gpt import GPT
+from _out import write_json
 
 
 def step_times(models: dict, batch: tuple, repeats: int, sync) -> dict:
@@ -69,10 +69,7 @@ def main(argv=None) -> dict:
     out['moe_speed_ratio_to_dense_active'] = s['dense_active'] / s['moe_4x_top1']
     for n, v in out['moe_tokens_per_s'].items():
         print(f"[{dev}] training {n}: {v:,.0f} tokens/s")
-    path = Path(__file__).resolve().parent / 'out' / 'scale_checkpoint.json'
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(json.dumps(out, indent=1))
-    print(f"wrote {path}")
+    write_json('scale_checkpoint', out)
     return out
 
 

@@ -9,13 +9,13 @@ CPU, so off by default).
     python benchmarks/sequence_lstm.py [--device cpu|cuda|auto] [--repeats 5] [--compile]
 """
 
-import argparse, json, statistics, time
-from pathlib import Path
+import argparse, statistics, time
 
 import torch
 from torch import nn
 
 from bigmodel_book.sequence.cells import Recurrent, copy_from_torch
+from _out import write_json
 
 
 def sync(dev):
@@ -113,10 +113,7 @@ def main(argv=None):
                     f"  {k:28s} {v['tokens_per_s']:>12,.0f} tokens/s   "
                     f"ratio vs torch {v['ratio_vs_torch']:.3f}"
                 )
-    path = Path(__file__).parent / 'out' / 'sequence_lstm.json'
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=1))
-    print('wrote', path)
+    write_json('sequence_lstm', out)
     return out
 
 

@@ -7,14 +7,14 @@ autocast with fused attention.
 """
 
 from __future__ import annotations
-import argparse, json, platform, statistics
-from pathlib import Path
+import argparse, platform, statistics
 
 import torch
 
 from bigmodel_book.core import Timer, get_device, set_seed
 from bigmodel_book.sequence.charlm import lm_loss
 from bigmodel_book.text.gpt import GPT, generate
+from _out import write_json
 
 
 def generation(model: GPT, n_new: int, repeats: int) -> dict:
@@ -106,10 +106,7 @@ def main(argv=None) -> dict:
             print(f"[cuda] {k}: {out[k]:,.0f}")
         speedup = out['cuda_generation_large']['cache_speedup']
         print(f"[cuda] large-model generation speed-up with cache: {speedup:.2f}x")
-    path = Path(__file__).resolve().parent / 'out' / 'text_gpt.json'
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(json.dumps(out, indent=1))
-    print(f"wrote {path}")
+    write_json('text_gpt', out)
     return out
 
 

@@ -8,15 +8,15 @@ zero-block GPT of 6.9, both from the book's cache (trained there on first use, a
 """
 
 from __future__ import annotations
-import argparse, json, platform, statistics
+import argparse, platform, statistics
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 
 from bigmodel_book.core import Timer, get_device, set_seed
 from bigmodel_book.text.infer import decode, speculative_generate
 from bigmodel_book.text.instruct import BaseConfig, pretrain_base, review_corpus, review_splits
+from _out import write_json
 
 
 def models(quick: bool, device):
@@ -100,10 +100,7 @@ def main(argv=None) -> dict:
         f"{out['tokens_per_s']['speculative']:,.0f} tok/s, speed-up "
         f"{out['speculative_speedup']:.2f}x at acceptance {out['acceptance']:.2f}"
     )
-    path = Path(__file__).resolve().parent / 'out' / 'text_infer.json'
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(json.dumps(out, indent=1))
-    print(f"wrote {path}")
+    write_json('text_infer', out)
     return out
 
 

@@ -85,7 +85,7 @@ def main(argv=None) -> int:
             )
         )
     if not args.skip_benchmarks:
-        for b in sorted((ROOT / 'benchmarks').glob('*.py')):
+        for b in sorted((ROOT / 'benchmarks').glob('[!_]*.py')):
             results.append(
                 step(f'benchmark {b.name}', [sys.executable, str(b), '--device', 'cuda'], left())
             )
