@@ -55,3 +55,21 @@ def fresh_env(tmp_path_factory):
     empty.mkdir()
     env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
     return env_dir, empty, env, wheel
+
+
+@pytest.fixture(scope='module')
+def tok():
+    "The small chat tokenizer of the instruction-tuning and preference tests (6.7, 6.8)."
+    from bigmodel_book.text.instruct import ChatTokenizer
+    from bigmodel_book.text.tokenize import BPETokenizer
+
+    return ChatTokenizer(BPETokenizer.train(['a small soft dress, lovely fit. ' * 20], 270))
+
+
+@pytest.fixture(scope='module')
+def gpt(tok):
+    "A small untrained GPT over `tok`, in eval mode (seeded)."
+    from bigmodel_book.text.gpt import GPT
+
+    torch.manual_seed(0)
+    return GPT(tok.vocab_size, block_size=32, d_model=16, n_heads=2, n_layers=2, dropout=0.0).eval()

@@ -8,11 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bigmodel_book.text.gpt import GPT
-from bigmodel_book.text.tokenize import BPETokenizer
 from bigmodel_book.text.instruct import (
     IGNORE,
-    ChatTokenizer,
     LoRALinear,
     add_lora,
     choice_logprobs,
@@ -24,17 +21,6 @@ from bigmodel_book.text.instruct import (
     sequence_logprob,
     trainable_params,
 )
-
-
-@pytest.fixture(scope='module')
-def tok():
-    return ChatTokenizer(BPETokenizer.train(['a small soft dress, lovely fit. ' * 20], 270))
-
-
-@pytest.fixture(scope='module')
-def gpt(tok):
-    torch.manual_seed(0)
-    return GPT(tok.vocab_size, block_size=32, d_model=16, n_heads=2, n_layers=2, dropout=0.0).eval()
 
 
 def test_special_tokens_never_come_from_text(tok):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from bigmodel_book.cli.core import main
 from bigmodel_book.data.core import DataLoaders
 from bigmodel_book.text.gpt import GPT
-from bigmodel_book.text.instruct import ChatTokenizer, pad_batch, sequence_logprob
+from bigmodel_book.text.instruct import pad_batch, sequence_logprob
 from bigmodel_book.text.prefer import (
     DPOLearner,
     PreferenceDataset,
@@ -27,22 +27,10 @@ from bigmodel_book.text.prefer import (
     sample_ids,
     sample_responses,
 )
-from bigmodel_book.text.tokenize import BPETokenizer
 
 
 def vec(*v):
     return torch.tensor(v, dtype=torch.float)
-
-
-@pytest.fixture(scope='module')
-def tok():
-    return ChatTokenizer(BPETokenizer.train(['a small soft dress, lovely fit. ' * 20], 270))
-
-
-@pytest.fixture(scope='module')
-def gpt(tok):
-    torch.manual_seed(0)
-    return GPT(tok.vocab_size, block_size=32, d_model=16, n_heads=2, n_layers=2, dropout=0.0).eval()
 
 
 def test_dpo_loss_worked_by_hand():
