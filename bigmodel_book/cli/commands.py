@@ -18,8 +18,7 @@ __all__ = ['MODEL_CONFIG', 'APPS_TASKS', 'save_model_config', 'train_digits_main
            'train_vision_main', 'train_sequence_main', 'train_gan_main', 'sample_main',
            'train_speech_main', 'transcribe_main', 'train_text_main', 'generate_main',
            'train_recsys_main', 'train_apps_main', 'tune_main', 'write_model_card',
-           'export_main', 'serve_main', 'train_distributed_main', 'latest_sharded',
-           'train_scale_main']
+           'export_main', 'serve_main', 'train_distributed_main', 'train_scale_main']
 
 # %% ../../nbs/91_cli.commands.ipynb #f0481f9d
 MODEL_CONFIG = 'model.json'  # what a run folder says about its model, for `bigmodel-book export`
@@ -789,16 +788,10 @@ def train_distributed_main(argv: Sequence[str] | None = None) -> dict:
     return report(metrics) if os.environ.get('RANK', '0') == '0' else metrics
 
 # %% ../../nbs/91_cli.commands.ipynb #73386f21
-def latest_sharded(out: Path) -> str:
-    "The newest `epoch_N` folder of a sharded checkpoint under `out/sharded`, or ''."
-    done = [p for p in (Path(out) / 'sharded').glob('epoch_*') if (p / 'progress.json').exists()]
-    return str(max(done, key=lambda p: int(p.name.split('_')[1]))) if done else ''
-
-
 def train_scale_main(argv: Sequence[str] | None = None) -> dict:
     """`bigmodel-book train scale`: the character GPT of part 9, sharded with FSDP2 or replicated
     with DDP under torchrun (one process without it), optionally with experts and checkpointing."""
-    from bigmodel_book.scale.fsdp import FSDPConfig, train_fsdp
+    from bigmodel_book.scale.fsdp import FSDPConfig, latest_sharded, train_fsdp
 
     p = train_arg_parser(
         'scale',

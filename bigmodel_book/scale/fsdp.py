@@ -46,8 +46,8 @@ from ..train.learner import Callback, Learner, is_main_process, unwrap
 
 # %% auto #0
 __all__ = ['shard_gpt', 'rank_state_bytes', 'FSDPTraining', 'average_step_losses', 'StateBytes',
-           'ShardedCheckpoint', 'FSDPConfig', 'training_text', 'build_gpt',
-           'model_callbacks', 'train_fsdp', 'run_configs', 'launch_fsdp']
+           'ShardedCheckpoint', 'latest_sharded', 'FSDPConfig', 'training_text',
+           'build_gpt', 'model_callbacks', 'train_fsdp', 'run_configs', 'launch_fsdp']
 
 # %% ../../nbs/82_scale.fsdp.ipynb #938d43cd
 def shard_gpt(model: GPT, reshard_after_forward: bool = True) -> GPT:
@@ -168,6 +168,13 @@ class ShardedCheckpoint(Callback):
                 history=self.learn.recorder.history,
             )
             (path / 'progress.json').write_text(json.dumps(progress))
+
+
+def latest_sharded(out: str | Path) -> str:
+    "The newest complete `epoch_N` folder `ShardedCheckpoint` wrote under `out/sharded`, or ''."
+    done = [p for p in (Path(out) / 'sharded').glob('epoch_*') if (p / 'progress.json').exists()]
+    return str(max(done, key=lambda p: int(p.name.split('_')[1]))) if done else ''
+
 
 # %% ../../nbs/82_scale.fsdp.ipynb #282d16da
 @dataclass
