@@ -6,8 +6,6 @@ _WHERE = ', '.join(['lifecycle.compress'])
 _MESSAGE = f'bigmodel_book.compress moved to bigmodel_book.{_WHERE}'
 warnings.warn(_MESSAGE, DeprecationWarning, stacklevel=2)
 
-from bigmodel_book.core import forwarder
-
 _MOVED = {
     'magnitude_prune': 'lifecycle.compress:magnitude_prune',
     'make_permanent': 'lifecycle.compress:make_permanent',
@@ -15,4 +13,9 @@ _MOVED = {
     'quantize_static_int8': 'lifecycle.compress:quantize_static_int8',
     'sparsity': 'lifecycle.compress:sparsity',
 }
-__getattr__ = forwarder('compress', _MOVED, warn_each=False)
+
+
+def __getattr__(name: str):
+    from bigmodel_book.core import forwarder
+
+    return forwarder('compress', _MOVED, warn_each=False)(name)

@@ -6,8 +6,6 @@ _WHERE = ', '.join(['lifecycle.distill'])
 _MESSAGE = f'bigmodel_book.distill moved to bigmodel_book.{_WHERE}'
 warnings.warn(_MESSAGE, DeprecationWarning, stacklevel=2)
 
-from bigmodel_book.core import forwarder
-
 _MOVED = {
     'DistillationLearner': 'lifecycle.distill:DistillationLearner',
     'TeacherLogits': 'lifecycle.distill:TeacherLogits',
@@ -16,4 +14,9 @@ _MOVED = {
     'latency_ms': 'lifecycle.distill:latency_ms',
     'size_bytes': 'lifecycle.distill:size_bytes',
 }
-__getattr__ = forwarder('distill', _MOVED, warn_each=False)
+
+
+def __getattr__(name: str):
+    from bigmodel_book.core import forwarder
+
+    return forwarder('distill', _MOVED, warn_each=False)(name)

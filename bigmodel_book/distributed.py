@@ -6,8 +6,6 @@ _WHERE = ', '.join(['lifecycle.distributed'])
 _MESSAGE = f'bigmodel_book.distributed moved to bigmodel_book.{_WHERE}'
 warnings.warn(_MESSAGE, DeprecationWarning, stacklevel=2)
 
-from bigmodel_book.core import forwarder
-
 _MOVED = {
     'DistributedConfig': 'lifecycle.distributed:DistributedConfig',
     'DistributedTraining': 'lifecycle.distributed:DistributedTraining',
@@ -20,4 +18,9 @@ _MOVED = {
     'train_distributed': 'lifecycle.distributed:train_distributed',
     'world_info': 'lifecycle.distributed:world_info',
 }
-__getattr__ = forwarder('distributed', _MOVED, warn_each=False)
+
+
+def __getattr__(name: str):
+    from bigmodel_book.core import forwarder
+
+    return forwarder('distributed', _MOVED, warn_each=False)(name)

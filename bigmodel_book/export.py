@@ -6,8 +6,6 @@ _WHERE = ', '.join(['lifecycle.export'])
 _MESSAGE = f'bigmodel_book.export moved to bigmodel_book.{_WHERE}'
 warnings.warn(_MESSAGE, DeprecationWarning, stacklevel=2)
 
-from bigmodel_book.core import forwarder
-
 _MOVED = {
     'BUILDERS': 'lifecycle.export:BUILDERS',
     'FORMAT': 'lifecycle.export:FORMAT',
@@ -30,4 +28,9 @@ _MOVED = {
     'resolve_builder': 'lifecycle.export:resolve_builder',
     'save_model_dir': 'lifecycle.export:save_model_dir',
 }
-__getattr__ = forwarder('export', _MOVED, warn_each=False)
+
+
+def __getattr__(name: str):
+    from bigmodel_book.core import forwarder
+
+    return forwarder('export', _MOVED, warn_each=False)(name)

@@ -6,8 +6,6 @@ _WHERE = ', '.join(['lifecycle.finetune'])
 _MESSAGE = f'bigmodel_book.finetune moved to bigmodel_book.{_WHERE}'
 warnings.warn(_MESSAGE, DeprecationWarning, stacklevel=2)
 
-from bigmodel_book.core import forwarder
-
 _MOVED = {
     'GradualUnfreezing': 'lifecycle.finetune:GradualUnfreezing',
     'discriminative_splitter': 'lifecycle.finetune:discriminative_splitter',
@@ -16,4 +14,9 @@ _MOVED = {
     'replace_head': 'lifecycle.finetune:replace_head',
     'unfreeze': 'lifecycle.finetune:unfreeze',
 }
-__getattr__ = forwarder('finetune', _MOVED, warn_each=False)
+
+
+def __getattr__(name: str):
+    from bigmodel_book.core import forwarder
+
+    return forwarder('finetune', _MOVED, warn_each=False)(name)

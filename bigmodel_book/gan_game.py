@@ -6,8 +6,6 @@ _WHERE = ', '.join(['gan.game'])
 _MESSAGE = f'bigmodel_book.gan_game moved to bigmodel_book.{_WHERE}'
 warnings.warn(_MESSAGE, DeprecationWarning, stacklevel=2)
 
-from bigmodel_book.core import forwarder
-
 _MOVED = {
     'GAN': 'gan.game:GAN',
     'GANLearner': 'gan.game:GANLearner',
@@ -24,4 +22,9 @@ _MOVED = {
     'ring_centres': 'gan.game:ring_centres',
     'sample_ring': 'gan.game:sample_ring',
 }
-__getattr__ = forwarder('gan_game', _MOVED, warn_each=False)
+
+
+def __getattr__(name: str):
+    from bigmodel_book.core import forwarder
+
+    return forwarder('gan_game', _MOVED, warn_each=False)(name)

@@ -7,8 +7,6 @@ _WHERE = ', '.join(['train.learner', 'train.callbacks', 'train.checkpoint'])
 _MESSAGE = f'bigmodel_book.learner moved to bigmodel_book.{_WHERE}'
 warnings.warn(_MESSAGE, DeprecationWarning, stacklevel=2)
 
-from bigmodel_book.core import forwarder
-
 _MOVED = {
     'Callback': 'train.learner:Callback',
     'CancelBatch': 'train.learner:CancelBatch',
@@ -61,4 +59,9 @@ _MOVED = {
     'train_digits': 'train.checkpoint:train_digits',
     'unwrap': 'train.learner:unwrap',
 }
-__getattr__ = forwarder('learner', _MOVED, warn_each=False)
+
+
+def __getattr__(name: str):
+    from bigmodel_book.core import forwarder
+
+    return forwarder('learner', _MOVED, warn_each=False)(name)

@@ -6,8 +6,6 @@ _WHERE = ', '.join(['recsys.data'])
 _MESSAGE = f'bigmodel_book.recsys_data moved to bigmodel_book.{_WHERE}'
 warnings.warn(_MESSAGE, DeprecationWarning, stacklevel=2)
 
-from bigmodel_book.core import forwarder
-
 _MOVED = {
     'Interactions': 'recsys.data:Interactions',
     'Popularity': 'recsys.data:Popularity',
@@ -28,4 +26,9 @@ _MOVED = {
     'top_k_items': 'recsys.data:top_k_items',
     'user_items': 'recsys.data:user_items',
 }
-__getattr__ = forwarder('recsys_data', _MOVED, warn_each=False)
+
+
+def __getattr__(name: str):
+    from bigmodel_book.core import forwarder
+
+    return forwarder('recsys_data', _MOVED, warn_each=False)(name)

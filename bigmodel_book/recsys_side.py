@@ -6,8 +6,6 @@ _WHERE = ', '.join(['recsys.side'])
 _MESSAGE = f'bigmodel_book.recsys_side moved to bigmodel_book.{_WHERE}'
 warnings.warn(_MESSAGE, DeprecationWarning, stacklevel=2)
 
-from bigmodel_book.core import forwarder
-
 _MOVED = {
     'AGE_EDGES': 'recsys.side:AGE_EDGES',
     'GroupPopularity': 'recsys.side:GroupPopularity',
@@ -22,4 +20,9 @@ _MOVED = {
     'sampled_softmax_loss': 'recsys.side:sampled_softmax_loss',
     'side_info': 'recsys.side:side_info',
 }
-__getattr__ = forwarder('recsys_side', _MOVED, warn_each=False)
+
+
+def __getattr__(name: str):
+    from bigmodel_book.core import forwarder
+
+    return forwarder('recsys_side', _MOVED, warn_each=False)(name)

@@ -6,8 +6,6 @@ _WHERE = ', '.join(['lifecycle.serve'])
 _MESSAGE = f'bigmodel_book.serve moved to bigmodel_book.{_WHERE}'
 warnings.warn(_MESSAGE, DeprecationWarning, stacklevel=2)
 
-from bigmodel_book.core import forwarder
-
 _MOVED = {
     'BACKENDS': 'lifecycle.serve:BACKENDS',
     'GenerateRequest': 'lifecycle.serve:GenerateRequest',
@@ -35,4 +33,9 @@ _MOVED = {
     'serve_model_dir': 'lifecycle.serve:serve_model_dir',
     'start_server': 'lifecycle.serve:start_server',
 }
-__getattr__ = forwarder('serve', _MOVED, warn_each=False)
+
+
+def __getattr__(name: str):
+    from bigmodel_book.core import forwarder
+
+    return forwarder('serve', _MOVED, warn_each=False)(name)

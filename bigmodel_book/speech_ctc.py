@@ -6,8 +6,6 @@ _WHERE = ', '.join(['speech.ctc'])
 _MESSAGE = f'bigmodel_book.speech_ctc moved to bigmodel_book.{_WHERE}'
 warnings.warn(_MESSAGE, DeprecationWarning, stacklevel=2)
 
-from bigmodel_book.core import forwarder
-
 _MOVED = {
     'CTCConfig': 'speech.ctc:CTCConfig',
     'CTCDataset': 'speech.ctc:CTCDataset',
@@ -28,4 +26,9 @@ _MOVED = {
     'transcribe_file': 'speech.ctc:transcribe_file',
     'utterance_features': 'speech.ctc:utterance_features',
 }
-__getattr__ = forwarder('speech_ctc', _MOVED, warn_each=False)
+
+
+def __getattr__(name: str):
+    from bigmodel_book.core import forwarder
+
+    return forwarder('speech_ctc', _MOVED, warn_each=False)(name)

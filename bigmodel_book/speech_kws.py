@@ -6,8 +6,6 @@ _WHERE = ', '.join(['speech.kws'])
 _MESSAGE = f'bigmodel_book.speech_kws moved to bigmodel_book.{_WHERE}'
 warnings.warn(_MESSAGE, DeprecationWarning, stacklevel=2)
 
-from bigmodel_book.core import forwarder
-
 _MOVED = {
     'AugmentedClips': 'speech.kws:AugmentedClips',
     'HELD_OUT_ACCENTS': 'speech.kws:HELD_OUT_ACCENTS',
@@ -23,4 +21,9 @@ _MOVED = {
     'stream_keywords': 'speech.kws:stream_keywords',
     'train_kws': 'speech.kws:train_kws',
 }
-__getattr__ = forwarder('speech_kws', _MOVED, warn_each=False)
+
+
+def __getattr__(name: str):
+    from bigmodel_book.core import forwarder
+
+    return forwarder('speech_kws', _MOVED, warn_each=False)(name)

@@ -6,8 +6,6 @@ _WHERE = ', '.join(['lifecycle.tune'])
 _MESSAGE = f'bigmodel_book.tune moved to bigmodel_book.{_WHERE}'
 warnings.warn(_MESSAGE, DeprecationWarning, stacklevel=2)
 
-from bigmodel_book.core import forwarder
-
 _MOVED = {
     'OptunaPruning': 'lifecycle.tune:OptunaPruning',
     'PositionSeededTPE': 'lifecycle.tune:PositionSeededTPE',
@@ -21,4 +19,9 @@ _MOVED = {
     'sqlite_storage': 'lifecycle.tune:sqlite_storage',
     'trials_frame': 'lifecycle.tune:trials_frame',
 }
-__getattr__ = forwarder('tune', _MOVED, warn_each=False)
+
+
+def __getattr__(name: str):
+    from bigmodel_book.core import forwarder
+
+    return forwarder('tune', _MOVED, warn_each=False)(name)

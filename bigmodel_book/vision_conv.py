@@ -6,11 +6,14 @@ _WHERE = ', '.join(['vision.conv'])
 _MESSAGE = f'bigmodel_book.vision_conv moved to bigmodel_book.{_WHERE}'
 warnings.warn(_MESSAGE, DeprecationWarning, stacklevel=2)
 
-from bigmodel_book.core import forwarder
-
 _MOVED = {
     'conv2d_unfold': 'vision.conv:conv2d_unfold',
     'conv_output_size': 'vision.conv:conv_output_size',
     'receptive_field': 'vision.conv:receptive_field',
 }
-__getattr__ = forwarder('vision_conv', _MOVED, warn_each=False)
+
+
+def __getattr__(name: str):
+    from bigmodel_book.core import forwarder
+
+    return forwarder('vision_conv', _MOVED, warn_each=False)(name)

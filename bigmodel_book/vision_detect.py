@@ -6,8 +6,6 @@ _WHERE = ', '.join(['vision.detect'])
 _MESSAGE = f'bigmodel_book.vision_detect moved to bigmodel_book.{_WHERE}'
 warnings.warn(_MESSAGE, DeprecationWarning, stacklevel=2)
 
-from bigmodel_book.core import forwarder
-
 _MOVED = {
     'CenterNet': 'vision.detect:CenterNet',
     'UNet': 'vision.detect:UNet',
@@ -19,4 +17,9 @@ _MOVED = {
     'mean_average_precision': 'vision.detect:mean_average_precision',
     'mean_iou': 'vision.detect:mean_iou',
 }
-__getattr__ = forwarder('vision_detect', _MOVED, warn_each=False)
+
+
+def __getattr__(name: str):
+    from bigmodel_book.core import forwarder
+
+    return forwarder('vision_detect', _MOVED, warn_each=False)(name)

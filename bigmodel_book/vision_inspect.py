@@ -6,8 +6,6 @@ _WHERE = ', '.join(['vision.inspect'])
 _MESSAGE = f'bigmodel_book.vision_inspect moved to bigmodel_book.{_WHERE}'
 warnings.warn(_MESSAGE, DeprecationWarning, stacklevel=2)
 
-from bigmodel_book.core import forwarder
-
 _MOVED = {
     'confusion_matrix': 'vision.inspect:confusion_matrix',
     'deletion_curve': 'vision.inspect:deletion_curve',
@@ -16,4 +14,9 @@ _MOVED = {
     'grad_cam': 'vision.inspect:grad_cam',
     'precision_at_k': 'vision.inspect:precision_at_k',
 }
-__getattr__ = forwarder('vision_inspect', _MOVED, warn_each=False)
+
+
+def __getattr__(name: str):
+    from bigmodel_book.core import forwarder
+
+    return forwarder('vision_inspect', _MOVED, warn_each=False)(name)

@@ -24,6 +24,20 @@ def test_help_lists_commands_and_tasks(capsys):
     assert all(t in out for t in TRAIN_TASKS)
 
 
+def test_help_imports_no_torch():
+    "`bigmodel-book --help` and `train --help` answer without importing torch or any part."
+    code = (
+        "import contextlib, io, sys\n"
+        "from bigmodel_book.cli.core import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "    main(['--help']); main(['train', '--help'])\n"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('bigmodel_book.')))"
+    )
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "['bigmodel_book.cli', 'bigmodel_book.cli.core']", r.stdout
+
+
 @pytest.mark.parametrize('task', sorted(TRAIN_TASKS))
 def test_every_task_explains_its_options(task):
     r = run('train', task, '--help')

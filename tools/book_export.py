@@ -117,10 +117,12 @@ def _lines(table: dict[str, str]) -> str:
 
 
 def _getattr_src(old: str, table: dict[str, str], warn: bool) -> str:
+    "A lazy `__getattr__`: importing the package imports neither `bigmodel_book.core` nor torch."
     return (
-        "from bigmodel_book.core import forwarder\n\n"
-        f"_MOVED = {_lines(table)}\n"
-        f"__getattr__ = forwarder({old!r}, _MOVED, warn_each={warn})\n"
+        f"_MOVED = {_lines(table)}\n\n\n"
+        "def __getattr__(name: str):\n"
+        "    from bigmodel_book.core import forwarder\n\n"
+        f"    return forwarder({old!r}, _MOVED, warn_each={warn})(name)\n"
     )
 
 

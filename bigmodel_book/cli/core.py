@@ -264,6 +264,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown command {cmd!r}; choose one of: train, {', '.join(COMMANDS)}")
     try:
         _load(target)(rest)
+    except KeyboardInterrupt:  # Ctrl-C: no traceback; the newest checkpoint stays for a resume
+        print("bigmodel-book: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
     except (ValueError, OSError, ModuleNotFoundError, RuntimeError) as e:
         if os.environ.get('RANK', '0') == '0':  # under torchrun: one message, from rank 0
             print(f"bigmodel-book: error: {e}", file=sys.stderr)
