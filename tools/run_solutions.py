@@ -10,7 +10,7 @@ those of its standard-scale run; `make test` still runs every notebook from top 
     python tools/run_solutions.py --quick --dry nbs/10_vision.conv.ipynb  # quick, writes nothing
 """
 
-import argparse, copy, os, re, sys, time
+import argparse, ast, copy, os, re, sys, time
 from pathlib import Path
 
 import nbformat
@@ -24,7 +24,11 @@ def is_setup(source: str) -> bool:
     "An import-only cell, or one whose definitions the chapter exports."
     if re.match(r'^#\|\s*export', source):
         return True
-    return all(SETUP_LINE.match(line) for line in source.splitlines())
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:  # IPython magics: judge line by line
+        return all(SETUP_LINE.match(line) for line in source.splitlines())
+    return all(isinstance(node, (ast.Import, ast.ImportFrom)) for node in tree.body)
 
 
 def solution_start(nb) -> int:
