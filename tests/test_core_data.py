@@ -140,3 +140,12 @@ def test_record_results_rejects_bad_rows(tmp_path):
             record_results(
                 'x', [dict(task='t', model='m', metric='a', value=float('nan'))], split='s', seed=0
             )
+
+
+def test_augmentation_strength_zero_is_the_identity():
+    from bigmodel_book.data.core import image_augmentation
+
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.equal(image_augmentation(0)(x), x)
+    with pytest.raises(ValueError, match='>= 0'):
+        image_augmentation(-1)

@@ -161,7 +161,7 @@ def image_augmentation(strength: float = 1.0, erase: bool = True) -> v2.Compose:
     if strength < 0:
         raise ValueError(f"Augmentation strength must be >= 0, got {strength}.")
     if strength == 0:
-        return v2.Compose([])
+        return v2.Compose([v2.Identity()])  # torchvision refuses an empty Compose
     s = float(strength)
     steps = [
         v2.RandomAffine(
