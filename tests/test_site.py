@@ -127,7 +127,7 @@ PAGE_INFO = """() => {
             nav: [...document.querySelectorAll('nav.sidebar a')].map(a => a.getAttribute('href')),
             toc: document.querySelectorAll('nav.toc a').length,
             copy: document.querySelectorAll('button.copy').length,
-            code: document.querySelectorAll('.jp-InputArea .highlight').length,
+            code: document.querySelectorAll('.input_area .highlight').length,
             title: document.title};
 }"""
 
@@ -173,6 +173,8 @@ def test_pages_in_a_real_browser(site, browser):
             (site / h).exists() for h in info['nav']
         )
         assert info['copy'] == info['code'], f'{name}: code blocks without a copy button'
+        if what in ('formulas', 'plots'):
+            assert info['code'] > 0, f'{name}: no code blocks found (a wrong selector?)'
         if what == 'formulas':
             assert info['maths'] >= 10 and info['mathWidth'] > 20, 'formulas are not typeset'
             assert info['toc'] >= 5, 'no contents list on a chapter page'

@@ -40,7 +40,7 @@
   }
 
   function addCopyButtons() {
-    document.querySelectorAll('.jp-InputArea .highlight').forEach((block) => {
+    document.querySelectorAll('.input_area .highlight').forEach((block) => {
       const button = document.createElement('button');
       button.className = 'copy';
       button.type = 'button';
