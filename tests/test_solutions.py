@@ -20,7 +20,52 @@ NBS = ROOT / 'nbs'
 
 # the chapters whose exercises have solutions; add each chapter as its solutions land, until
 # this is every notebook with an `## Exercises` section (then COVERED = chapters())
-COVERED = ['00_intro.ipynb', '01_core.ipynb']
+COVERED = [
+    '00_intro.ipynb',
+    '01_core.ipynb',
+    '01a_results.ipynb',
+    '02_data.core.ipynb',
+    '02a_data.external.ipynb',
+    '03_train.learner.ipynb',
+    '04_train.callbacks.ipynb',
+    '05_train.checkpoint.ipynb',
+    '10_vision.conv.ipynb',
+    '12_vision.inspect.ipynb',
+    '20_sequence.cells.ipynb',
+    '21_sequence.forecast.ipynb',
+    '22_sequence.charlm.ipynb',
+    '23_sequence.seq2seq.ipynb',
+    '30_gan.game.ipynb',
+    '31_gan.dcgan.ipynb',
+    '40_speech.data.ipynb',
+    '41_speech.kws.ipynb',
+    '50_text.tokenize.ipynb',
+    '51_text.attention.ipynb',
+    '52_text.classify.ipynb',
+    '53_text.mining.ipynb',
+    '54_text.gpt.ipynb',
+    '55_text.scaling.ipynb',
+    '60_recsys.data.ipynb',
+    '61_recsys.models.ipynb',
+    '62_recsys.side.ipynb',
+    '70_lifecycle.tune.ipynb',
+    '71_lifecycle.finetune.ipynb',
+    '72_lifecycle.distill.ipynb',
+    '73_lifecycle.compress.ipynb',
+    '74_lifecycle.export.ipynb',
+    '75_lifecycle.serve.ipynb',
+    '76_lifecycle.distributed.ipynb',
+    '78_lifecycle.batching.ipynb',
+    '80_scale.memory.ipynb',
+    '81_scale.moe.ipynb',
+    '82_scale.fsdp.ipynb',
+    '83_trust.privacy.ipynb',
+    '84_trust.federated.ipynb',
+    '85_trust.attacks.ipynb',
+    '86_apps.finance.ipynb',
+    '90_cli.core.ipynb',
+    '91_cli.commands.ipynb',
+]
 
 OPEN = re.compile(r'^:::+\s*\{\s*\.callout-\w+[^}]*collapse\s*=\s*"?true[^}]*\}\s*$', re.M)
 SOLUTION = re.compile(r'^#{1,6}\s+Solution to exercise (\d+)\s*$', re.M)
