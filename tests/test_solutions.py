@@ -63,6 +63,7 @@ COVERED = [
     '84_trust.federated.ipynb',
     '85_trust.attacks.ipynb',
     '86_apps.finance.ipynb',
+    '88_apps.anomaly.ipynb',
     '90_cli.core.ipynb',
     '91_cli.commands.ipynb',
 ]
