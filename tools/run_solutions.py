@@ -52,8 +52,8 @@ def run(path: Path, quick: bool, dry: bool, timeout: int) -> float:
     setup, sols = plan(nb)
     if not sols:
         raise SystemExit(f'{path}: no code cells after `## Solutions`.')
-    scratch = copy.deepcopy(nb)
-    scratch.cells = [copy.deepcopy(nb.cells[i]) for i in setup + sols]
+    cells = [copy.deepcopy(nb.cells[i]) for i in setup + sols]
+    scratch = nbformat.v4.new_notebook(cells=cells, metadata=nb.metadata)
     # the kernel inherits this environment: inline plots (no Agg), and the scale asked for
     os.environ.pop('MPLBACKEND', None)
     os.environ.pop('BMB_QUICK', None)
@@ -67,10 +67,9 @@ def run(path: Path, quick: bool, dry: bool, timeout: int) -> float:
     except CellExecutionError as e:
         raise SystemExit(f'{path}: a cell failed; nothing written.\n{e}') from None
     seconds = time.perf_counter() - began
-    for i, cell in zip(setup + sols, scratch.cells):
-        if i in sols:
-            nb.cells[i].outputs = cell.outputs
-            nb.cells[i].execution_count = None
+    for i, cell in zip(sols, scratch.cells[len(setup) :]):
+        nb.cells[i].outputs = cell.outputs
+        nb.cells[i].execution_count = None
     if not dry:
         nbformat.write(nb, path)
     return seconds
